@@ -1,0 +1,453 @@
+"""Typed, frozen configuration.
+
+YAML only fills these dataclasses; every check lives in ``__post_init__`` so a
+bad value is reported once, with its key, its value and what is allowed. The
+resolved configuration (defaults filled in) is what ``run.json`` records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "LABEL_KINDS",
+    "CLASSIFICATION_KINDS",
+    "DENSE_KINDS",
+    "PRIVACY_MODES",
+    "LabelSpec",
+    "DataConfig",
+    "ModelConfig",
+    "PrivacyConfig",
+    "TrainConfig",
+    "Config",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "data_root_from_env",
+]
+
+CLASSIFICATION_KINDS = ("binary", "multiclass")
+DENSE_KINDS = ("segmentation", "depth", "normals")
+LABEL_KINDS = CLASSIFICATION_KINDS + DENSE_KINDS
+PRIVACY_MODES = ("none", "task", "input", "both")
+ACCOUNTANTS = ("prv", "rdp")
+SIMILARITIES = ("ssim", "ms-ssim")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+NORMS = ("group", "batch")
+DEVICES = ("cpu", "cuda", "auto")
+DATA_ENV_VAR = "METAMORPHOSIS_DATA"
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise _fail(key, value, "one of " + ", ".join(choices))
+
+
+def _check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise _fail(key, value, "a number >= 0" if allow_zero else "a number > 0")
+
+
+def _check_int(key: str, value: Any, *, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise _fail(key, value, f"an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """One label the producer knows about: a public task or a private attribute.
+
+    Attributes:
+        name: identifier used for modules, heads, keys and metrics.
+        column: where the dataset finds the label (a CelebA attribute, a CSV
+            column, ``seg`` / ``depth`` / ``normals`` for dense sets).
+        kind: one of :data:`LABEL_KINDS`.
+        num_classes: filled in from the data for ``multiclass`` and
+            ``segmentation``; ``binary`` always has 2.
+        weight: multiplier of this task's loss in the producer objective.
+    """
+
+    name: str
+    column: str = ""
+    kind: str = "binary"
+    num_classes: int | None = None
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise _fail("name", self.name, "a non-empty name of letters, digits, '_' or '-'")
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
+        _check_choice(f"{self.name}.kind", self.kind, LABEL_KINDS)
+        if self.kind == "binary":
+            object.__setattr__(self, "num_classes", 2)
+        if self.num_classes is not None:
+            _check_int(f"{self.name}.num_classes", self.num_classes, minimum=2)
+        _check_positive(f"{self.name}.weight", self.weight)
+
+    @property
+    def is_dense(self) -> bool:
+        return self.kind in DENSE_KINDS
+
+    @property
+    def num_outputs(self) -> int:
+        """Channels (dense) or logits (classification) the head must produce."""
+        if self.kind == "binary":
+            return 1
+        if self.kind == "depth":
+            return 1
+        if self.kind == "normals":
+            return 3
+        if self.num_classes is None:
+            raise ConfigError(f"{self.name}: num_classes is unknown (not yet read from the data)")
+        return self.num_classes
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images and labels come from.
+
+    ``root`` may be relative (to the working directory). When it is absent,
+    ``$METAMORPHOSIS_DATA/<name>`` is used for the real datasets.
+    """
+
+    name: str = "synthetic"
+    root: str | None = None
+    image_size: tuple[int, int] = (32, 32)
+    manifest: str = "labels.csv"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    split_by: str | None = None
+    max_train: int | None = None
+    max_eval: int | None = None
+    cache: bool = True
+    num_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        if isinstance(size, int) and not isinstance(size, bool):
+            size = (size, size)
+        if (
+            not isinstance(size, (list, tuple))
+            or len(size) != 2
+            or not all(isinstance(s, int) and s >= 8 for s in size)
+        ):
+            raise _fail("data.image_size", self.image_size, "an integer >= 8 or [height, width]")
+        object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
+        for key in ("val_fraction", "test_fraction"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 0.5:
+                raise _fail(f"data.{key}", value, "a fraction in [0, 0.5)")
+        for key in ("max_train", "max_eval"):
+            if getattr(self, key) is not None:
+                _check_int(f"data.{key}", getattr(self, key), minimum=1)
+        _check_int("data.num_samples", self.num_samples, minimum=8)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder, split point and metamorphosis module.
+
+    ``split_index`` is the number of top-level children of torchvision's
+    ResNet-18 kept in the encoder (5 → 64×16×16 at 64×64 input). ``groups``
+    is the k of Cross-SEC (channel splits) and ``reduction`` the squeeze ratio.
+    ``norm`` must be ``group`` whenever any DP phase runs (Opacus rejects
+    BatchNorm, which also mixes samples).
+    """
+
+    encoder: str = "resnet18"
+    split_index: int = 5
+    module: str = "cross-sec"
+    groups: int = 2
+    reduction: int = 4
+    norm: str = "group"
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("model.split_index", self.split_index, minimum=1)
+        _check_int("model.groups", self.groups, minimum=1)
+        _check_int("model.reduction", self.reduction, minimum=1)
+        _check_choice("model.norm", self.norm, NORMS)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Which guarantees to train for (Algorithm 2) and their budget.
+
+    ``mode``: ``none`` (universal features, identity modules), ``task`` (SSIM
+    de-correlation), ``input`` (DP-SGD on the producer), ``both`` (two phases).
+    Either ``target_epsilon`` or ``noise_multiplier`` fixes the DP noise; the
+    target is for the whole producer training, every DP phase composed.
+    """
+
+    mode: str = "both"
+    target_epsilon: float | None = 4.0
+    noise_multiplier: float | None = None
+    delta: float = 1e-6
+    max_grad_norm: float = 1.2
+    omega: float = 0.001
+    accountant: str = "prv"
+    similarity: str = "ssim"
+    ssim_data_range: float = 1.0
+    freeze_encoder: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
+        _check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        _check_choice("privacy.similarity", self.similarity, SIMILARITIES)
+        if self.target_epsilon is not None:
+            _check_positive("privacy.target_epsilon", self.target_epsilon)
+        if self.noise_multiplier is not None:
+            _check_positive("privacy.noise_multiplier", self.noise_multiplier)
+        if self.uses_dp and self.target_epsilon is None and self.noise_multiplier is None:
+            raise ConfigError(
+                f"privacy.mode={self.mode!r} uses DP-SGD: set privacy.target_epsilon "
+                "or privacy.noise_multiplier"
+            )
+        if not (isinstance(self.delta, (int, float)) and 0.0 < self.delta < 1.0):
+            raise _fail("privacy.delta", self.delta, "a probability in (0, 1)")
+        _check_positive("privacy.max_grad_norm", self.max_grad_norm)
+        _check_positive("privacy.omega", self.omega, allow_zero=True)
+        _check_positive("privacy.ssim_data_range", self.ssim_data_range)
+
+    @property
+    def uses_dp(self) -> bool:
+        return self.mode in ("input", "both")
+
+    @property
+    def uses_task_privacy(self) -> bool:
+        return self.mode in ("task", "both")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``epochs`` is per phase; ``encoder_epochs`` is
+    phase 1 of mode ``both`` (defaults to ``epochs``)."""
+
+    epochs: int = 10
+    encoder_epochs: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-4
+    head_lr: float | None = None
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "cpu"
+    max_steps_per_epoch: int | None = None
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("train.epochs", self.epochs, minimum=1)
+        if self.encoder_epochs is not None:
+            _check_int("train.encoder_epochs", self.encoder_epochs, minimum=1)
+        _check_int("train.batch_size", self.batch_size, minimum=1)
+        _check_positive("train.lr", self.lr)
+        if self.head_lr is not None:
+            _check_positive("train.head_lr", self.head_lr)
+        _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _check_positive("train.weight_decay", self.weight_decay, allow_zero=True)
+        _check_int("train.seed", self.seed, minimum=0)
+        _check_choice("train.device", self.device, DEVICES)
+        if self.max_steps_per_epoch is not None:
+            _check_int("train.max_steps_per_epoch", self.max_steps_per_epoch, minimum=1)
+        _check_int("train.num_workers", self.num_workers, minimum=0)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole experiment: data, model, public tasks, private attributes,
+    privacy and training settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tasks: tuple[LabelSpec, ...] = ()
+    private_attributes: tuple[LabelSpec, ...] = ()
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks is empty: name at least one public task")
+        names = [spec.name for spec in self.all_labels]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"task / private attribute names must be unique; repeated: {duplicates}")
+        if self.privacy.uses_dp and self.model.norm != "group":
+            raise ConfigError(
+                f"model.norm={self.model.norm!r} with privacy.mode={self.privacy.mode!r}: "
+                "DP-SGD needs model.norm='group' (BatchNorm mixes samples)"
+            )
+        if self.privacy.uses_task_privacy and len(self.all_labels) < 2:
+            raise ConfigError(
+                f"privacy.mode={self.privacy.mode!r} de-correlates modules from each other: "
+                "it needs at least two tasks / private attributes"
+            )
+
+    @property
+    def all_labels(self) -> tuple[LabelSpec, ...]:
+        """Public tasks first, then private attributes (the module order)."""
+        return tuple(self.tasks) + tuple(self.private_attributes)
+
+    @property
+    def module_kind(self) -> str:
+        """Mode ``none`` is universal features by definition: identity modules."""
+        return "identity" if self.privacy.mode == "none" else self.model.module
+
+    def with_label_classes(self, num_classes: Mapping[str, int]) -> Config:
+        """Fill ``num_classes`` of multiclass / segmentation labels from the data."""
+
+        def fill(spec: LabelSpec) -> LabelSpec:
+            known = num_classes.get(spec.name)
+            if spec.kind in ("multiclass", "segmentation") and known is not None:
+                if spec.num_classes is not None and spec.num_classes != known:
+                    raise ConfigError(
+                        f"{spec.name}.num_classes={spec.num_classes} but the data has {known} classes"
+                    )
+                return dataclasses.replace(spec, num_classes=known)
+            return spec
+
+        return dataclasses.replace(
+            self,
+            tasks=tuple(fill(s) for s in self.tasks),
+            private_attributes=tuple(fill(s) for s in self.private_attributes),
+        )
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "privacy": PrivacyConfig,
+    "train": TrainConfig,
+}
+
+
+def _build_section(name: str, cls: type, raw: Any) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{name} must be a mapping, got {type(raw).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in {name}: {unknown}; allowed: {sorted(known)}")
+    try:
+        return cls(**raw)
+    except TypeError as exc:  # e.g. a list where a number belongs
+        raise ConfigError(f"{name}: {exc}") from exc
+
+
+def _build_labels(name: str, raw: Any) -> tuple[LabelSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{name} must be a list of {{name, column, kind}} mappings")
+    return tuple(_build_section(f"{name}[{i}]", LabelSpec, item) for i, item in enumerate(raw))
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain data (parsed YAML)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("the config must be a mapping of sections")
+    allowed = set(_SECTIONS) | {"tasks", "private_attributes"}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown section(s): {unknown}; allowed: {sorted(allowed)}")
+    sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in _SECTIONS.items()}
+    return Config(
+        tasks=_build_labels("tasks", raw.get("tasks")),
+        private_attributes=_build_labels("private_attributes", raw.get("private_attributes")),
+        **sections,
+    )
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """Plain data (JSON / YAML safe) for a config; inverse of :func:`config_from_dict`."""
+    return _lists_for_tuples(dataclasses.asdict(config))
+
+
+def _lists_for_tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _lists_for_tuples(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists_for_tuples(v) for v in value]
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) in place.
+
+    List items are addressed by index: ``tasks.0.column=Smiling``.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        path, text = item.split("=", 1)
+        keys = path.strip().split(".")
+        if len(keys) < 2 or not all(keys):
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+        node: Any = raw
+        for depth, key in enumerate(keys[:-1]):
+            node = _descend(node, key, ".".join(keys[: depth + 1]))
+        last = keys[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, path)] = value
+        else:
+            node[last] = value
+    return raw
+
+
+def _list_index(node: list[Any], key: str, path: str) -> int:
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"--set {path}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _descend(node: Any, key: str, path: str) -> Any:
+    if isinstance(node, list):
+        return node[_list_index(node, key, path)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {path}: cannot descend into a {type(node).__name__}")
+    if node.get(key) is None:
+        node[key] = {}
+    return node[key]
+
+
+def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
+    """Read a YAML config, apply ``--set`` overrides, validate."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides))
+
+
+def data_root_from_env(folder: str) -> Path | None:
+    """``$METAMORPHOSIS_DATA/<folder>`` when the variable is set, else None."""
+    base = os.environ.get(DATA_ENV_VAR)
+    return Path(base) / folder if base else None
