@@ -7,6 +7,7 @@ resolved configuration (defaults filled in) is what ``run.json`` records.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -89,7 +90,10 @@ class LabelSpec:
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.replace("_", "").replace("-", "").isalnum():
+        if (
+            not isinstance(self.name, str)
+            or not self.name.replace("_", "").replace("-", "").isalnum()
+        ):
             raise _fail("name", self.name, "a non-empty name of letters, digits, '_' or '-'")
         if not self.column:
             object.__setattr__(self, "column", self.name)
@@ -286,15 +290,17 @@ class Config:
         names = [spec.name for spec in self.all_labels]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ConfigError(f"task / private attribute names must be unique; repeated: {duplicates}")
+            raise ConfigError(
+                f"task / private attribute names must be unique; repeated: {duplicates}"
+            )
         if self.privacy.uses_dp and self.model.norm != "group":
             raise ConfigError(
                 f"model.norm={self.model.norm!r} with privacy.mode={self.privacy.mode!r}: "
                 "DP-SGD needs model.norm='group' (BatchNorm mixes samples)"
             )
-        if self.privacy.uses_task_privacy and len(self.all_labels) < 2:
+        if self.privacy.mode == "task" and len(self.all_labels) < 2:
             raise ConfigError(
-                f"privacy.mode={self.privacy.mode!r} de-correlates modules from each other: "
+                "privacy.mode='task' de-correlates modules from each other: "
                 "it needs at least two tasks / private attributes"
             )
 
@@ -316,7 +322,8 @@ class Config:
             if spec.kind in ("multiclass", "segmentation") and known is not None:
                 if spec.num_classes is not None and spec.num_classes != known:
                     raise ConfigError(
-                        f"{spec.name}.num_classes={spec.num_classes} but the data has {known} classes"
+                        f"{spec.name}.num_classes={spec.num_classes} "
+                        f"but the data has {known} classes"
                     )
                 return dataclasses.replace(spec, num_classes=known)
             return spec
@@ -346,9 +353,21 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     if unknown:
         raise ConfigError(f"unknown key(s) in {name}: {unknown}; allowed: {sorted(known)}")
     try:
-        return cls(**raw)
+        return cls(**_floats_from_strings(cls, raw))
     except TypeError as exc:  # e.g. a list where a number belongs
         raise ConfigError(f"{name}: {exc}") from exc
+
+
+def _floats_from_strings(cls: type, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """PyYAML reads ``1e-4`` (no dot) as a string; accept it where a float belongs."""
+    float_fields = {f.name for f in fields(cls) if "float" in str(f.type)}
+    result = dict(raw)
+    for key in float_fields & set(result):
+        if isinstance(result[key], str):
+            # a non-number is left for __post_init__ to reject with the key's name
+            with contextlib.suppress(ValueError):
+                result[key] = float(result[key])
+    return result
 
 
 def _build_labels(name: str, raw: Any) -> tuple[LabelSpec, ...]:

@@ -1,0 +1,153 @@
+"""Cost of privacy in one training step, as ratios measured in one run.
+
+Prints:
+  * DP step time / non-private step time for the same GroupNorm producer
+    (ResNet-18 split 5, Cross-SEC, 64×64, batch 64), DP on the encoder only
+    (phase 1 of mode ``both``) — target ≤ 1.6, aim ≤ 1.3;
+  * the SSIM task-privacy term's share of a (non-DP) step for 2 and 3 tasks
+    — target ≤ 5 % and ≤ 10 %.
+
+Both sides of each ratio run interleaved in the same process, alternating
+rounds, and the medians are compared, because these machines are noisy.
+
+    python benchmarks/step_cost.py            # full: batch 64, 64×64
+    python benchmarks/step_cost.py --quick    # smoke run, small and fast
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+
+from metamorphosis.config import config_from_dict
+from metamorphosis.models.producer import build_heads, build_network, build_producer, freeze
+from metamorphosis.train.split import Consumer, producer_step
+
+
+def _config(num_tasks: int, encoder: str):
+    tasks = [{"name": f"t{i}", "kind": "binary"} for i in range(num_tasks)]
+    return config_from_dict(
+        {
+            "model": {"encoder": encoder, "split_index": 5, "module": "cross-sec"},
+            "tasks": tasks,
+            "privacy": {"mode": "both", "omega": 0.001},
+        }
+    )
+
+
+def _setup(num_tasks: int, encoder: str, size: int, batch: int):
+    config = _config(num_tasks, encoder)
+    shape = (3, size, size)
+    network = build_network(config)
+    producer = build_producer(config, network, shape)
+    heads = build_heads(config.all_labels, network, shape)
+    consumers = {
+        s.name: Consumer(s, heads[s.name], torch.optim.AdamW(heads[s.name].parameters(), 1e-4))
+        for s in config.all_labels
+    }
+    images = torch.randn(batch, *shape)
+    targets = {s.name: torch.randint(0, 2, (batch,)).float() for s in config.all_labels}
+    return config, producer, consumers, images, targets
+
+
+def _timed(step, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _interleaved(steps: dict[str, callable], rounds: int, per_round: int) -> dict[str, float]:
+    for step in steps.values():  # warm-up
+        step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            samples[name] += _timed(step, per_round)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def dp_ratio(encoder: str, size: int, batch: int, rounds: int, per_round: int) -> dict[str, float]:
+    """Median step seconds: encoder-only DP vs the same step without DP."""
+    torch.manual_seed(0)
+    config, producer, consumers, images, targets = _setup(1, encoder, size, batch)
+    names = [s.name for s in config.all_labels]
+    freeze(producer, True)
+    freeze(producer.encoder, False)
+    encoder_params = list(producer.encoder.parameters())
+    plain_optimizer = torch.optim.AdamW(encoder_params, lr=1e-4)
+
+    dp_producer = GradSampleModule(producer, loss_reduction="mean")
+    dp_optimizer = DPOptimizer(
+        torch.optim.AdamW(encoder_params, lr=1e-4),
+        noise_multiplier=1.0,
+        max_grad_norm=1.2,
+        expected_batch_size=batch,
+    )
+
+    def plain_step():
+        dp_producer.disable_hooks()
+        producer_step(producer, plain_optimizer, images, targets, consumers, names)
+
+    def dp_step():
+        dp_producer.enable_hooks()
+        producer_step(dp_producer, dp_optimizer, images, targets, consumers, names)
+
+    return _interleaved({"plain": plain_step, "dp": dp_step}, rounds, per_round)
+
+
+def ssim_share(
+    num_tasks: int, encoder: str, size: int, batch: int, rounds: int, per_round: int
+) -> dict[str, float]:
+    """Median step seconds with and without the SSIM term (task privacy, no DP)."""
+    torch.manual_seed(0)
+    config, producer, consumers, images, targets = _setup(num_tasks, encoder, size, batch)
+    names = [s.name for s in config.all_labels]
+    optimizer = torch.optim.AdamW(producer.parameters(), lr=1e-4)
+
+    def step(omega):
+        return lambda: producer_step(
+            producer, optimizer, images, targets, consumers, names, omega=omega
+        )
+
+    return _interleaved({"without": step(0.0), "with": step(0.001)}, rounds, per_round)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny model, few repeats")
+    args = parser.parse_args()
+    if args.quick:
+        encoder, size, batch, rounds, per_round = "test_resnet", 32, 16, 2, 2
+    else:
+        encoder, size, batch, rounds, per_round = "resnet18", 64, 64, 5, 3
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, encoder {encoder}, "
+        f"{size}x{size}, batch {batch}, {rounds} interleaved rounds x {per_round} steps"
+    )
+
+    times = dp_ratio(encoder, size, batch, rounds, per_round)
+    ratio = times["dp"] / times["plain"]
+    print(
+        f"DP (encoder only) step {times['dp'] * 1e3:8.1f} ms | plain step "
+        f"{times['plain'] * 1e3:8.1f} ms | ratio {ratio:.2f}  (target <= 1.6, aim <= 1.3)"
+    )
+    for tasks, target in ((2, 5.0), (3, 10.0)):
+        times = ssim_share(tasks, encoder, size, batch, rounds, per_round)
+        share = 100.0 * max(times["with"] - times["without"], 0.0) / times["with"]
+        print(
+            f"SSIM term, {tasks} tasks: step {times['with'] * 1e3:8.1f} ms with, "
+            f"{times['without'] * 1e3:8.1f} ms without | share {share:.1f}%  "
+            f"(target <= {target:.0f}%)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""metamorphosis: privacy-cognizant, task-specific features (MetaMorphosis, IoTDI 2023).
+
+A producer runs a shared encoder and one metamorphosis module per task; each
+consumer receives only its task's features. See ``README.md`` for the CLI and
+``DESIGN.md`` for the contracts.
+"""
+
+from __future__ import annotations
+
+from .config import Config, LabelSpec, load_config
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    MetaMorphosisError,
+    PrivacyError,
+    RunDirError,
+)
+from .experiment import train_run
+from .models.producer import Producer
+from .rundir import load_heads, load_producer
+
+__all__ = [
+    "Config",
+    "LabelSpec",
+    "load_config",
+    "Producer",
+    "load_producer",
+    "load_heads",
+    "train_run",
+    "MetaMorphosisError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "RunDirError",
+    "PrivacyError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,135 @@
+"""The ``metamorphosis`` command line (CONTRACT: CLI in DESIGN.md).
+
+Every user error (config, data, run dir) ends in one line on stderr and exit
+code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .errors import MetaMorphosisError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Privacy-cognizant, task-specific features (MetaMorphosis, IoTDI 2023).",
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _fail(exc: BaseException) -> None:
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _refuse_finished(out: Path) -> None:
+    if (out / "run.json").exists():
+        raise MetaMorphosisError(
+            f"{out} already holds a finished run (run.json); choose another --out"
+        )
+
+
+def summary_table(record: dict[str, Any]) -> str:
+    """A short plain-text summary of a run: utility, ε and swap leakage."""
+    from .config import config_from_dict
+    from .metrics import primary_metric
+
+    config = config_from_dict(record["config"])
+    lines = []
+    privacy = record["privacy"]
+    eps = privacy["epsilon"]
+    eps_text = "none (no DP)" if eps is None else f"{eps:.3g} (delta={privacy['delta']:g})"
+    lines.append(f"privacy mode: {privacy['mode']}   epsilon: {eps_text}")
+    lines.append(f"{'label':<16}{'role':<10}{'metric':<16}{'test':>8}")
+    for spec in config.all_labels:
+        role = "public" if spec.name in record["tasks"] else "private"
+        metric, _ = primary_metric(spec.kind)
+        value = record["metrics"][spec.name][metric]
+        lines.append(f"{spec.name:<16}{role:<10}{metric:<16}{value:>8.3f}")
+    swap = record.get("swap_matrix") or {}
+    if swap:
+        names = [s.name for s in config.all_labels]
+        lines.append("swap matrix (row: module's features, column: head's label, primary metric):")
+        lines.append(" " * 16 + "".join(f"{n[:11]:>12}" for n in names))
+        for row in names:
+            lines.append(f"{row:<16}" + "".join(f"{swap[row][col]:>12.3f}" for col in names))
+    return "\n".join(lines)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run dir to write.")] = Path("runs/demo"),
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train the embedded demo (generated scenes, mode 'both') and summarise it."""
+    from .experiment import demo_config, train_run
+
+    try:
+        _refuse_finished(out)
+        config = demo_config()
+        typer.echo(
+            f"demo: {len(config.tasks)} public tasks, "
+            f"{len(config.private_attributes)} private attribute, mode "
+            f"{config.privacy.mode}, target epsilon {config.privacy.target_epsilon}"
+        )
+        record = train_run(config, out, progress=not quiet)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    typer.echo(summary_table(record))
+    typer.echo(f"run dir: {out}")
+
+
+@app.command()
+def train(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config.")],
+    out: Annotated[Path, typer.Option(help="Run dir to write (resumes its checkpoint).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: section.key=value (repeatable)."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder, overriding data.root.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train a producer and its consumer heads from a config into a run dir."""
+    from .config import load_config
+    from .experiment import train_run
+
+    try:
+        config = load_config(config_path, set_ or [])
+        _refuse_finished(out)
+        record = train_run(config, out, data_root=data_root, progress=not quiet)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    typer.echo(summary_table(record))
+    typer.echo(f"run dir: {out}")
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the last epoch's checkpoint is kept; rerun to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Dataset registry: ``register_dataset`` / ``list_datasets`` / ``build_datasets``.
+
+A dataset is a builder function ``(data, labels, *, seed, root) -> DatasetSplits``
+registered under the name that ``data.name`` selects. Builders resolve their
+own folder (``root`` argument, ``data.root``, ``$METAMORPHOSIS_DATA/<folder>``)
+because only they know their default folder name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from ..config import DataConfig, LabelSpec
+from ..errors import ConfigError
+from .base import DatasetSplits
+
+__all__ = ["DatasetBuilder", "register_dataset", "list_datasets", "build_datasets"]
+
+
+class DatasetBuilder(Protocol):
+    """Signature of a registered dataset builder."""
+
+    def __call__(
+        self,
+        data: DataConfig,
+        labels: Sequence[LabelSpec],
+        *,
+        seed: int,
+        root: str | Path | None,
+    ) -> DatasetSplits: ...
+
+
+_REGISTRY: dict[str, DatasetBuilder] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
+    """Decorator registering a builder under ``name`` (the value of ``data.name``).
+
+    Raises:
+        ConfigError: ``name`` is already registered (names must be unique).
+    """
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"dataset name {name!r} is invalid: expected a non-empty string")
+
+    def decorator(builder: DatasetBuilder) -> DatasetBuilder:
+        if name in _REGISTRY:
+            raise ConfigError(
+                f"dataset {name!r} is already registered; registered: {', '.join(list_datasets())}"
+            )
+        _REGISTRY[name] = builder
+        return builder
+
+    return decorator
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``data.name``, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_datasets(
+    data: DataConfig,
+    labels: Sequence[LabelSpec],
+    *,
+    seed: int,
+    root: str | Path | None = None,
+) -> DatasetSplits:
+    """Build the train / val / test splits that ``data`` describes, with ``labels``.
+
+    Args:
+        data: the ``data`` section of the config.
+        labels: tasks and private attributes whose labels every item carries.
+        seed: makes the split and the ``max_train`` / ``max_eval`` subsets
+            (and the synthetic scenes) deterministic.
+        root: overrides ``data.root`` (e.g. ``audit --data-root``).
+
+    Raises:
+        ConfigError: unknown ``data.name``, or a label the dataset cannot provide.
+        DataError: the data folder, a file or a label value is missing or malformed.
+    """
+    builder = _REGISTRY.get(data.name)
+    if builder is None:
+        raise ConfigError(
+            f"data.name={data.name!r} is invalid: expected one of {', '.join(list_datasets())}"
+        )
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is invalid: expected an integer >= 0")
+    return builder(data, tuple(labels), seed=seed, root=root)

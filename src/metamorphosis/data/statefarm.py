@@ -1,0 +1,144 @@
+"""State Farm Distracted Driver Detection (behaviour task, driver identity private).
+
+Files read from the dataset folder (default ``$METAMORPHOSIS_DATA/statefarm``):
+``driver_imgs_list.csv`` (``subject,classname,img``) and ``train/<classname>/<img>``.
+
+Columns:
+
+* ``behaviour`` (alias ``classname``): multiclass 10, ``c0..c9`` -> 0..9;
+* ``driver`` (alias ``subject``): multiclass 26, driver ids in sorted order -> 0..K-1.
+
+There is no labelled test set, so the split is made here: stratified by
+behaviour (seeded) by default, or ``data.split_by: driver`` (alias
+``subject``) so that no driver appears in two splits — the setting where the
+driver identity must not leak from training into evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..config import DataConfig, LabelSpec
+from ..errors import DataError
+from .base import (
+    Column,
+    DatasetSplits,
+    check_split_by,
+    label_class_counts,
+    match_columns,
+    require_file,
+    resolve_root,
+)
+from .celeba import ImageFolderDataset
+from .registry import register_dataset
+from .splits import apply_caps, group_split, stratified_split
+from .transforms import ImageTransform
+
+__all__ = ["build_statefarm", "BEHAVIOURS"]
+
+MANIFEST = "driver_imgs_list.csv"
+BEHAVIOURS = (
+    "safe driving",
+    "texting - right",
+    "talking on the phone - right",
+    "texting - left",
+    "talking on the phone - left",
+    "operating the radio",
+    "drinking",
+    "reaching behind",
+    "hair and makeup",
+    "talking to passenger",
+)
+ALIASES = {"classname": "behaviour", "subject": "driver"}
+
+
+def _read_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
+    require_file(path, "StateFarm manifest")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"subject", "classname", "img"} - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(f"{path} row 1: missing column(s) {sorted(missing)}")
+        subjects, classnames, images = [], [], []
+        for row in reader:
+            subjects.append(row["subject"].strip())
+            classnames.append(row["classname"].strip())
+            images.append(row["img"].strip())
+    return subjects, classnames, images
+
+
+def _behaviour_ids(path: Path, classnames: Sequence[str]) -> np.ndarray:
+    valid = {f"c{k}": k for k in range(len(BEHAVIOURS))}
+    ids = np.zeros(len(classnames), dtype=np.int64)
+    for row, name in enumerate(classnames, start=2):
+        if name not in valid:
+            raise DataError(f"{path} row {row}: classname {name!r} is invalid; expected c0..c9")
+        ids[row - 2] = valid[name]
+    return ids
+
+
+@register_dataset("statefarm")
+def build_statefarm(
+    data: DataConfig,
+    labels: Sequence[LabelSpec],
+    *,
+    seed: int,
+    root: str | Path | None = None,
+) -> DatasetSplits:
+    """Seeded stratified (or by-driver) split of the labelled StateFarm images."""
+    folder = resolve_root(data, root, "statefarm")
+    split_by = ALIASES.get(data.split_by or "", data.split_by)
+    check_split_by(data, ("driver", "subject"))
+    offered = [
+        Column("behaviour", ("multiclass",), len(BEHAVIOURS)),
+        Column("driver", ("multiclass",)),
+    ]
+    columns = match_columns("statefarm", labels, offered, ALIASES)
+
+    manifest = folder / MANIFEST
+    subjects, classnames, images = _read_manifest(manifest)
+    behaviour = _behaviour_ids(manifest, classnames)
+    drivers = sorted(set(subjects))
+    driver = np.array([drivers.index(s) for s in subjects], dtype=np.int64)
+    by_column = {"behaviour": behaviour, "driver": driver}
+    class_counts = {"behaviour": len(BEHAVIOURS), "driver": len(drivers)}
+    class_names = {"behaviour": [f"c{k}" for k in range(len(BEHAVIOURS))], "driver": drivers}
+
+    if split_by == "driver":
+        split = group_split(driver, data.val_fraction, data.test_fraction, seed)
+    else:
+        split = stratified_split(behaviour, data.val_fraction, data.test_fraction, seed)
+    transform = ImageTransform(data.image_size)
+    datasets = []
+    for split_name, indices in zip(
+        ("train", "val", "test"),
+        apply_caps(split, data.max_train, data.max_eval, seed),
+        strict=True,
+    ):
+        rel = [f"train/{classnames[i]}/{images[i]}" for i in indices]
+        paths = [
+            require_file(folder / r, f"StateFarm image (row {i + 2} of {manifest})")
+            for r, i in zip(rel, indices, strict=True)
+        ]
+        dataset = ImageFolderDataset(
+            paths=paths,
+            item_ids=rel,
+            labels=labels,
+            targets={name: by_column[col.name][indices] for name, col in columns.items()},
+            transform=transform,
+            cache=data.cache,
+            description=f"statefarm {split_name}",
+        )
+        dataset.class_names = {name: class_names[col.name] for name, col in columns.items()}
+        datasets.append(dataset)
+    classes = {name: class_counts[col.name] for name, col in columns.items()}
+    return DatasetSplits(
+        *datasets,
+        num_classes=label_class_counts(labels, classes),
+        input_shape=transform.output_shape,
+        transform=transform,
+    )

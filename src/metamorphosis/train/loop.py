@@ -1,0 +1,428 @@
+"""Training phases of Algorithm 2 (MetaMorphosis, IoTDI 2023).
+
+``privacy.mode`` picks the phases:
+
+* ``none``  — one joint phase, universal features (identity modules), no DP;
+* ``task``  — one joint phase with ω·Σ_{i≠j} SSIM(g_i, g_j), no DP;
+* ``input`` — one joint phase, DP-SGD on encoder + modules, no SSIM term;
+* ``both``  — phase ``encoder``: DP encoder trained with the private-attribute
+  classifiers (the public tasks when there are none); phase ``modules``: every
+  module trained with the SSIM term against every other (public and private),
+  encoder frozen unless ``privacy.freeze_encoder`` is false, updates still DP.
+
+All DP phases share one noise multiplier and sample rate, calibrated so the
+composition of every DP step meets ``target_epsilon``. Heads (consumers) are
+trained without DP: only producer-side parameters see private gradients
+through the split-learning step. A checkpoint is written atomically after
+every epoch; a run started again on the same directory resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from tqdm.auto import tqdm
+
+from ..config import Config, config_to_dict
+from ..data import DatasetSplits
+from ..errors import CheckpointError
+from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
+from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .evaluate import evaluate
+from .split import Consumer, producer_step
+
+__all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult"]
+
+LOG_EVERY_STEPS = 10
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """What one phase trains: which labels, which producer parts, DP or not."""
+
+    name: str
+    labels: tuple[str, ...]
+    train_encoder: bool
+    dp: bool
+    omega: float
+    epochs: int
+
+
+def plan_phases(config: Config) -> list[PhasePlan]:
+    """The phases of Algorithm 2 for ``config.privacy.mode``."""
+    privacy, train = config.privacy, config.train
+    everyone = tuple(spec.name for spec in config.all_labels)
+    if privacy.mode == "both":
+        private = tuple(spec.name for spec in config.private_attributes)
+        public = tuple(spec.name for spec in config.tasks)
+        return [
+            PhasePlan(
+                "encoder", private or public, True, True, 0.0, train.encoder_epochs or train.epochs
+            ),
+            PhasePlan(
+                "modules", everyone, not privacy.freeze_encoder, True, privacy.omega, train.epochs
+            ),
+        ]
+    omega = privacy.omega if privacy.mode == "task" else 0.0
+    return [PhasePlan("joint", everyone, True, privacy.mode == "input", omega, train.epochs)]
+
+
+@dataclass
+class TrainResult:
+    utility: dict[str, dict[str, float]]
+    swap: dict[str, dict[str, float]]
+    dp_phases: list[DPPhase]
+    epsilon: float | None
+    noise_multiplier: float | None
+    sample_rate: float
+    seconds: float
+
+
+class _NonEmptyBatches(Sampler[list[int]]):
+    """Poisson batches with the (rare) empty draws dropped.
+
+    An empty draw is still a DP step for the accountant (the sampler made
+    it); it just has nothing to train on.
+    """
+
+    def __init__(self, sampler: UniformWithReplacementSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (list(batch) for batch in self.sampler if len(batch) > 0)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float, wd: float):
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+
+
+class Trainer:
+    """Runs every phase of a config into ``run_dir``, resuming when possible.
+
+    Args:
+        config: the experiment; ``num_classes`` must already be filled from
+            the data (see :meth:`Config.with_label_classes`).
+        data: the train / val / test splits.
+        run_dir: where the checkpoint and ``metrics.jsonl`` go.
+        progress: show tqdm bars (they hide themselves off a terminal).
+    """
+
+    def __init__(
+        self, config: Config, data: DatasetSplits, run_dir: str | Path, *, progress: bool = True
+    ):
+        self.config = config
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = _device(config.train.device)
+        torch.manual_seed(config.train.seed)
+        self.network = build_network(config)
+        self.producer: Producer = build_producer(
+            config, self.network, data.input_shape, preprocess=data.transform
+        ).to(self.device)
+        self.heads = build_heads(config.all_labels, self.network, data.input_shape).to(self.device)
+        head_lr = config.train.head_lr or config.train.lr
+        self.consumers = {
+            spec.name: Consumer(
+                spec,
+                self.heads[spec.name],
+                _make_optimizer(
+                    config.train.optimizer,
+                    list(self.heads[spec.name].parameters()),
+                    head_lr,
+                    config.train.weight_decay,
+                ),
+            )
+            for spec in config.all_labels
+        }
+        self.phases = plan_phases(config)
+        self.batch_size = min(config.train.batch_size, len(data.train))
+        self.sample_rate = self.batch_size / len(data.train)
+        self.noise_multiplier = self._noise_multiplier()
+        self._epsilon_cache: dict[tuple[int, ...], float | None] = {}
+
+    # -- planning -----------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        steps = -(-len(self.data.train) // self.batch_size)
+        cap = self.config.train.max_steps_per_epoch
+        return min(steps, cap) if cap else steps
+
+    def _noise_multiplier(self) -> float | None:
+        privacy = self.config.privacy
+        dp_steps = sum(p.epochs for p in self.phases if p.dp) * self.steps_per_epoch
+        if dp_steps == 0:
+            return None
+        if privacy.noise_multiplier is not None:
+            return privacy.noise_multiplier
+        assert privacy.target_epsilon is not None  # checked by PrivacyConfig
+        return noise_for_target_epsilon(
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            sample_rate=self.sample_rate,
+            steps=dp_steps,
+            accountant=privacy.accountant,
+        )
+
+    # -- data ---------------------------------------------------------------------
+    def _loader(self, dataset: Dataset, *, dp: bool, epoch_seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(epoch_seed)
+        workers = self.config.train.num_workers
+        if dp:
+            sampler = UniformWithReplacementSampler(
+                num_samples=len(dataset),
+                sample_rate=self.sample_rate,
+                generator=generator,
+                steps=self.steps_per_epoch,
+            )
+            return DataLoader(dataset, batch_sampler=_NonEmptyBatches(sampler), num_workers=workers)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=workers,
+            sampler=RandomSampler(dataset, generator=generator),
+        )
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=max(self.batch_size, 64),
+            shuffle=False,
+            num_workers=self.config.train.num_workers,
+        )
+
+    # -- phases -------------------------------------------------------------------
+    def _setup_phase(self, phase: PhasePlan):
+        freeze(self.producer, True)
+        if phase.train_encoder:
+            freeze(self.producer.encoder, False)
+        for name in phase.labels:
+            freeze(self.producer.task_modules[name], False)
+        params = [p for p in self.producer.parameters() if p.requires_grad]
+        train = self.config.train
+        optimizer = (
+            _make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
+            if params
+            else None
+        )
+        model: nn.Module = self.producer
+        if phase.dp and optimizer is not None:
+            model = GradSampleModule(self.producer, loss_reduction="mean")
+            optimizer = DPOptimizer(
+                optimizer,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.config.privacy.max_grad_norm,
+                expected_batch_size=self.batch_size,
+                loss_reduction="mean",
+            )
+        return model, optimizer
+
+    def _dp_phases(self, steps_done: Sequence[int]) -> list[DPPhase]:
+        return [
+            DPPhase(phase.name, float(self.noise_multiplier or 0.0), self.sample_rate, steps)
+            for phase, steps in zip(self.phases, steps_done, strict=True)
+            if phase.dp and steps > 0
+        ]
+
+    def _epsilon(self, steps_done: Sequence[int]) -> float | None:
+        """ε so far; cached since an accountant call costs up to a second."""
+        key = tuple(steps_done)
+        if key not in self._epsilon_cache:
+            privacy = self.config.privacy
+            self._epsilon_cache[key] = epsilon_of_phases(
+                self._dp_phases(steps_done), delta=privacy.delta, accountant=privacy.accountant
+            )
+        return self._epsilon_cache[key]
+
+    def _train_epoch(self, phase: PhasePlan, model, optimizer, loader, log, epoch: int) -> dict:
+        bar = tqdm(
+            loader,
+            desc=f"{phase.name} {epoch + 1}/{phase.epochs}",
+            leave=False,
+            disable=not self.progress,
+            unit="step",
+        )
+        with warnings.catch_warnings():
+            # Opacus' hooks on the first layer fire although images need no grad: harmless.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            return self._train_batches(phase, model, optimizer, bar, log, epoch)
+
+    def _train_batches(self, phase, model, optimizer, bar, log, epoch: int) -> dict:
+        privacy = self.config.privacy
+        totals: dict[str, float] = {}
+        seen = 0
+        for step, (images, targets) in enumerate(bar):
+            images = images.to(self.device)
+            targets = {k: v.to(self.device) for k, v in targets.items()}
+            result = producer_step(
+                model,
+                optimizer,
+                images,
+                targets,
+                self.consumers,
+                phase.labels,
+                omega=phase.omega,
+                similarity=privacy.similarity,
+                data_range=privacy.ssim_data_range,
+            )
+            for name, value in {**result.losses, "ssim_term": result.privacy_term}.items():
+                totals[name] = totals.get(name, 0.0) + value * result.batch_size
+            seen += result.batch_size
+            bar.set_postfix({k: f"{v:.3f}" for k, v in result.losses.items()})
+            if step % LOG_EVERY_STEPS == 0:
+                log(
+                    {
+                        "event": "step",
+                        "phase": phase.name,
+                        "epoch": epoch,
+                        "step": step,
+                        "losses": result.losses,
+                        "ssim_term": result.privacy_term,
+                    }
+                )
+            if not phase.dp and step + 1 >= self.steps_per_epoch:
+                break
+        return {k: v / max(seen, 1) for k, v in totals.items()}
+
+    # -- checkpoints --------------------------------------------------------------
+    def _checkpoint_state(
+        self, phase_index: int, epoch: int, steps_done: list[int], optimizer
+    ) -> dict[str, Any]:
+        return {
+            "phase": phase_index,
+            "epoch": epoch,
+            "steps_done": list(steps_done),
+            "producer": self.producer.state_dict(),
+            "heads": self.heads.state_dict(),
+            "head_optimizers": {n: c.optimizer.state_dict() for n, c in self.consumers.items()},
+            "producer_optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "config": json.dumps(config_to_dict(self.config), sort_keys=True),
+            "noise_multiplier": self.noise_multiplier,
+        }
+
+    def _resume(self) -> dict[str, Any] | None:
+        path = self.run_dir / CHECKPOINT_NAME
+        if not path.exists():
+            return None
+        state = load_checkpoint(path)
+        ours = json.dumps(config_to_dict(self.config), sort_keys=True)
+        if state["config"] != ours:
+            raise CheckpointError(
+                f"{path} was written for another config; use a new --out directory "
+                "or delete the checkpoint to start over"
+            )
+        self.producer.load_state_dict(state["producer"])
+        self.heads.load_state_dict(state["heads"])
+        for name, consumer in self.consumers.items():
+            consumer.optimizer.load_state_dict(state["head_optimizers"][name])
+        torch.set_rng_state(state["torch_rng"])
+        return state
+
+    # -- the run ------------------------------------------------------------------
+    def fit(self) -> TrainResult:
+        """Run (or resume) every phase, then evaluate on the test split."""
+        started = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.run_dir / "metrics.jsonl"
+
+        def log(record: dict[str, Any]) -> None:
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+        state = self._resume()
+        steps_done = state["steps_done"] if state else [0] * len(self.phases)
+        start_phase = state["phase"] if state else 0
+        start_epoch = state["epoch"] if state else 0
+        if state:
+            log({"event": "resume", "phase": self.phases[start_phase].name, "epoch": start_epoch})
+        val_loader = self._eval_loader(self.data.val)
+        for index in range(start_phase, len(self.phases)):
+            phase = self.phases[index]
+            model, optimizer = self._setup_phase(phase)
+            first_epoch = start_epoch if index == start_phase else 0
+            if state and index == start_phase and state["producer_optimizer"] and optimizer:
+                optimizer.load_state_dict(state["producer_optimizer"])
+            for epoch in range(first_epoch, phase.epochs):
+                epoch_seed = self.config.train.seed * 1_000_003 + index * 1009 + epoch
+                loader = self._loader(self.data.train, dp=phase.dp, epoch_seed=epoch_seed)
+                t0 = time.perf_counter()
+                train_losses = self._train_epoch(phase, model, optimizer, loader, log, epoch)
+                if phase.dp:
+                    steps_done[index] += self.steps_per_epoch
+                val, _ = evaluate(
+                    self.producer,
+                    self.heads,
+                    self._labels(phase.labels),
+                    val_loader,
+                    self.device,
+                    swap=False,
+                )
+                log(
+                    {
+                        "event": "epoch",
+                        "phase": phase.name,
+                        "epoch": epoch,
+                        "train": train_losses,
+                        "val": val,
+                        "epsilon": self._epsilon(steps_done),
+                        "seconds": round(time.perf_counter() - t0, 3),
+                    }
+                )
+                done_phase, done_epoch = (index, epoch + 1)
+                if done_epoch == phase.epochs:
+                    done_phase, done_epoch = index + 1, 0
+                save_checkpoint(
+                    self.run_dir / CHECKPOINT_NAME,
+                    self._checkpoint_state(
+                        done_phase,
+                        done_epoch,
+                        steps_done,
+                        optimizer if done_phase == index else None,
+                    ),
+                )
+            if isinstance(model, GradSampleModule):
+                model.cleanup()  # hooks and grad_sample attributes off the producer
+            freeze(self.producer, False)
+        test_loader = self._eval_loader(self.data.test)
+        utility, swap = evaluate(
+            self.producer, self.heads, self.config.all_labels, test_loader, self.device
+        )
+        return TrainResult(
+            utility=utility,
+            swap=swap,
+            dp_phases=self._dp_phases(steps_done),
+            epsilon=self._epsilon(steps_done),
+            noise_multiplier=self.noise_multiplier,
+            sample_rate=self.sample_rate,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _labels(self, names: Sequence[str]):
+        return [spec for spec in self.config.all_labels if spec.name in names]

@@ -1,0 +1,123 @@
+"""CLI contract: exit 0 on success, 2 with a one-line error on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from metamorphosis.cli import app
+from tiny import tiny_config_dict
+
+runner = CliRunner()
+
+
+def _write_config(path, raw):
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _assert_one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def _csv_dataset(root, rows):
+    root.mkdir()
+    for i in range(4):
+        Image.new("RGB", (20, 20), (i * 40, 80, 200 - i * 40)).save(root / f"img{i}.png")
+    (root / "labels.csv").write_text("image,smile,split\n" + "\n".join(rows) + "\n")
+
+
+def _csv_config(root):
+    raw = tiny_config_dict("none")
+    raw["data"] = {"name": "csv", "root": str(root), "manifest": "labels.csv", "image_size": 16}
+    raw["tasks"] = [{"name": "smile", "column": "smile", "kind": "binary"}]
+    raw["private_attributes"] = []
+    return raw
+
+
+def test_bad_config_value_exits_2(tmp_path):
+    raw = tiny_config_dict()
+    raw["model"]["split_index"] = 0
+    path = _write_config(tmp_path / "c.yaml", raw)
+    result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
+    _assert_one_line_error(result, "model.split_index=0")
+
+
+def test_bad_override_exits_2(tmp_path):
+    path = _write_config(tmp_path / "c.yaml", tiny_config_dict())
+    result = runner.invoke(
+        app, ["train", str(path), "--out", str(tmp_path / "run"), "--set", "privacy.mode=maybe"]
+    )
+    _assert_one_line_error(result, "privacy.mode='maybe'")
+
+
+def test_missing_image_exits_2_naming_row_and_file(tmp_path):
+    rows = ["img0.png,1,train", "img1.png,0,train", "gone.png,1,val", "img3.png,0,test"]
+    _csv_dataset(tmp_path / "data", rows)
+    path = _write_config(tmp_path / "c.yaml", _csv_config(tmp_path / "data"))
+    result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
+    _assert_one_line_error(result, "gone.png")
+    assert "row 4" in result.stderr
+
+
+def test_bad_label_exits_2_naming_row(tmp_path):
+    rows = ["img0.png,1,train", "img1.png,maybe,train", "img2.png,1,val", "img3.png,0,test"]
+    _csv_dataset(tmp_path / "data", rows)
+    path = _write_config(tmp_path / "c.yaml", _csv_config(tmp_path / "data"))
+    result = runner.invoke(app, ["train", str(path), "--out", str(tmp_path / "run")])
+    _assert_one_line_error(result, "maybe")
+    assert "row 3" in result.stderr
+
+
+def test_train_writes_a_run_and_refuses_to_overwrite_it(tmp_path):
+    path = _write_config(tmp_path / "c.yaml", tiny_config_dict("task"))
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app, ["train", str(path), "--out", str(out), "--quiet", "--set", "train.epochs=1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "swap matrix" in result.stdout and "shape" in result.stdout
+    assert json.loads((out / "run.json").read_text())["config"]["train"]["epochs"] == 1
+    again = runner.invoke(app, ["train", str(path), "--out", str(out)])
+    _assert_one_line_error(again, "already holds a finished run")
+
+
+def test_entry_point_runs_as_a_module(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metamorphosis",
+            "train",
+            str(tmp_path / "missing.yaml"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: cannot read config")
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["privacy"]["mode"] == "both" and record["privacy"]["epsilon"] is not None
+    assert len(record["tasks"]) >= 2 and len(record["private_attributes"]) >= 1
+    for task in record["tasks"]:  # better than chance on the held-out split
+        assert record["metrics"][task]["accuracy"] > 0.45
