@@ -28,9 +28,9 @@ DEMO_CONFIG: dict[str, Any] = {
         "val_fraction": 0.1,
         "test_fraction": 0.15,
     },
-    "model": {"encoder": "resnet18", "split_index": 5, "module": "cross-sec", "groups": 2},
+    "model": {"encoder": "resnet18-slim", "split_index": 5, "module": "cross-sec", "groups": 2},
     "tasks": [
-        {"name": "shape", "column": "shape", "kind": "multiclass"},
+        {"name": "colour", "column": "colour", "kind": "multiclass"},
         {"name": "count", "column": "count", "kind": "multiclass"},
     ],
     "private_attributes": [{"name": "background", "column": "background", "kind": "binary"}],
@@ -43,7 +43,7 @@ DEMO_CONFIG: dict[str, Any] = {
         "accountant": "prv",
     },
     "train": {
-        "epochs": 4,
+        "epochs": 5,
         "encoder_epochs": 2,
         "batch_size": 64,
         "lr": 2.0e-3,
@@ -76,6 +76,8 @@ def train_run(
     config = config.with_label_classes(data.num_classes)
     trainer = Trainer(config, data, out, progress=progress)
     result = trainer.fit()
+    trainer.producer.cpu()  # a run dir is read on the CPU (load_producer contract)
+    trainer.heads.cpu()
     record = write_run(out, config, trainer.producer, trainer.heads, result, data.transform)
     (Path(out) / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record

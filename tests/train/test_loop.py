@@ -157,3 +157,29 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_config, monkey
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     with pytest.raises(CheckpointError, match="another config"):
         train_run(tiny_config("both", lr=5e-3), tmp_path / "run", progress=False)
+
+
+@pytest.mark.realdata
+def test_celeba_config_trains_on_a_few_hundred_real_images(tmp_path, real_data_root):
+    from metamorphosis.config import load_config
+
+    root = real_data_root("celeba")
+    config = load_config(
+        "configs/celeba_smile_gender.yaml",
+        [
+            f"data.root={root}",
+            "data.max_train=256",
+            "data.max_eval=128",
+            "train.epochs=1",
+            "privacy.target_epsilon=null",
+            "privacy.noise_multiplier=1.0",
+            "privacy.accountant=rdp",
+        ],
+    )
+    record = train_run(config, tmp_path / "celeba", progress=False)
+    assert record["input_shape"] == [3, 64, 64]
+    assert record["feature_shapes"]["smile"] == [64, 16, 16]  # split 5 at 64×64
+    assert [p["name"] for p in record["privacy"]["phases"]] == ["encoder", "modules"]
+    assert record["privacy"]["epsilon"] > 0
+    for name in ("smile", "gender"):
+        assert 0.0 <= record["metrics"][name]["accuracy"] <= 1.0

@@ -40,6 +40,7 @@ __all__ = [
     "Column",
     "match_columns",
     "label_class_counts",
+    "assemble_splits",
     "resolve_root",
     "check_split_by",
     "require_file",
@@ -298,6 +299,24 @@ def label_class_counts(labels: Sequence[LabelSpec], classes: Mapping[str, int]) 
         elif spec.kind in ("multiclass", "segmentation"):
             counts[spec.name] = classes[spec.name]
     return counts
+
+
+def assemble_splits(
+    datasets: Sequence[LabelledImageDataset],
+    labels: Sequence[LabelSpec],
+    classes: Mapping[str, int],
+    transform: ImageTransform,
+) -> DatasetSplits:
+    """The :class:`DatasetSplits` of three split datasets (train, val, test)."""
+    train, val, test = datasets
+    return DatasetSplits(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=label_class_counts(labels, classes),
+        input_shape=transform.output_shape,
+        transform=transform,
+    )
 
 
 def resolve_root(data: DataConfig, root: str | Path | None, default_folder: str) -> Path:

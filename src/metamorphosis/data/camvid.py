@@ -32,8 +32,8 @@ from .base import (
     DatasetSplits,
     LabelledImageDataset,
     Sample,
+    assemble_splits,
     check_split_by,
-    label_class_counts,
     load_rgb,
     match_columns,
     require_file,
@@ -154,8 +154,8 @@ def build_camvid(
     check_split_by(data, ())
     columns = match_columns("camvid", labels, COLUMNS)
     listed = [_read_split_file(folder, split) for split in ("train", "val", "test")]
-    full = tuple(np.arange(len(pairs)) for pairs in listed)
-    capped = apply_caps(full, data.max_train, data.max_eval, seed)  # type: ignore[arg-type]
+    train, val, test = (np.arange(len(pairs)) for pairs in listed)
+    capped = apply_caps((train, val, test), data.max_train, data.max_eval, seed)
     transform = ImageTransform(data.image_size)
     datasets = []
     for split_name, pairs, indices in zip(("train", "val", "test"), listed, capped, strict=True):
@@ -179,9 +179,4 @@ def build_camvid(
             )
         )
     classes = {name: column.num_classes or 0 for name, column in columns.items()}
-    return DatasetSplits(
-        *datasets,
-        num_classes=label_class_counts(labels, classes),
-        input_shape=transform.output_shape,
-        transform=transform,
-    )
+    return assemble_splits(datasets, labels, classes, transform)

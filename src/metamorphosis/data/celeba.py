@@ -29,15 +29,15 @@ from .base import (
     DatasetSplits,
     LabelledImageDataset,
     Sample,
+    assemble_splits,
     check_split_by,
-    label_class_counts,
     load_rgb,
     match_columns,
     require_file,
     resolve_root,
 )
 from .registry import register_dataset
-from .splits import apply_caps
+from .splits import apply_caps, split_from_codes
 from .transforms import ImageTransform
 
 __all__ = ["ImageFolderDataset", "build_celeba", "read_attributes"]
@@ -176,7 +176,7 @@ def build_celeba(
             targets[spec.name] = _attribute_targets(attr_path, names, values, files, column)
             classes[spec.name] = 2
 
-    split = tuple(np.flatnonzero(split_ids == k) for k in range(3))
+    split = split_from_codes(split_ids)
     transform = ImageTransform(data.image_size)
     datasets = []
     for split_name, indices in zip(
@@ -196,12 +196,7 @@ def build_celeba(
                 description=f"celeba {split_name}",
             )
         )
-    return DatasetSplits(
-        *datasets,
-        num_classes=label_class_counts(labels, classes),
-        input_shape=transform.output_shape,
-        transform=transform,
-    )
+    return assemble_splits(datasets, labels, classes, transform)
 
 
 def _split_code(path: Path, value: str) -> int:

@@ -35,11 +35,11 @@ from .base import (
     DatasetSplits,
     LabelledImageDataset,
     Sample,
-    label_class_counts,
+    assemble_splits,
     load_rgb,
 )
 from .registry import register_dataset
-from .splits import apply_caps, group_split, stratified_split
+from .splits import Split, apply_caps, group_split, split_from_codes, stratified_split
 from .transforms import ImageTransform
 
 __all__ = ["CsvDataset", "build_csv", "parse_binary"]
@@ -206,9 +206,7 @@ def _multiclass_targets(manifest: _Manifest, spec: LabelSpec) -> tuple[np.ndarra
     return np.array([lookup[v] for v in values], dtype=np.int64), len(vocabulary), vocabulary
 
 
-def _manifest_split(
-    manifest: _Manifest, data: DataConfig, strata: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _manifest_split(manifest: _Manifest, data: DataConfig, strata: np.ndarray, seed: int) -> Split:
     if SPLIT_COLUMN in manifest.header:
         codes = np.zeros(len(manifest.rows), dtype=np.int64)
         for i, row in enumerate(manifest.rows):
@@ -221,7 +219,7 @@ def _manifest_split(
             codes[i] = SPLITS.index(value)
         if not np.any(codes == 0):
             raise DataError(f"{manifest.path}: the {SPLIT_COLUMN!r} column has no 'train' rows")
-        return tuple(np.flatnonzero(codes == k) for k in range(3))  # type: ignore[return-value]
+        return split_from_codes(codes)
     if data.split_by is not None:
         manifest.require_column(data.split_by, "data.split_by")
         groups = np.array(manifest.column_values(data.split_by))
@@ -288,9 +286,4 @@ def build_csv(
         )
         dataset.class_names = dict(class_names)
         datasets.append(dataset)
-    return DatasetSplits(
-        *datasets,
-        num_classes=label_class_counts(labels, classes),
-        input_shape=transform.output_shape,
-        transform=transform,
-    )
+    return assemble_splits(datasets, labels, classes, transform)

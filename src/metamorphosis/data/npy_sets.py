@@ -35,8 +35,8 @@ from .base import (
     DatasetSplits,
     LabelledImageDataset,
     Sample,
+    assemble_splits,
     check_split_by,
-    label_class_counts,
     match_columns,
     require_file,
     resize_nearest,
@@ -197,12 +197,7 @@ def _build_npy(
             )
         )
     classes = {spec: column.num_classes or 0 for spec, column in columns.items()}
-    return DatasetSplits(
-        *datasets,
-        num_classes=label_class_counts(labels, classes),
-        input_shape=transform.output_shape,
-        transform=transform,
-    )
+    return assemble_splits(datasets, labels, classes, transform)
 
 
 @register_dataset("nyuv2")

@@ -12,7 +12,15 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["split_counts", "stratified_split", "group_split", "cap", "apply_caps", "Split"]
+__all__ = [
+    "split_counts",
+    "stratified_split",
+    "group_split",
+    "cap",
+    "apply_caps",
+    "split_from_codes",
+    "Split",
+]
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -42,6 +50,12 @@ def split_counts(size: int, val_fraction: float, test_fraction: float) -> tuple[
             "with any left to train on"
         )
     return n_val, n_test
+
+
+def split_from_codes(codes: np.ndarray) -> Split:
+    """Index arrays of the items whose code is 0 (train), 1 (val) and 2 (test)."""
+    codes = np.asarray(codes)
+    return np.flatnonzero(codes == 0), np.flatnonzero(codes == 1), np.flatnonzero(codes == 2)
 
 
 def _even_pick(length: int, count: int, rng: np.random.Generator) -> np.ndarray:
@@ -107,8 +121,7 @@ def group_split(groups: np.ndarray, val_fraction: float, test_fraction: float, s
     split_of_group = np.zeros(len(names), dtype=np.int64)
     split_of_group[sorted(val_groups)] = 1
     split_of_group[sorted(test_groups)] = 2
-    split = split_of_group[inverse]
-    return tuple(np.flatnonzero(split == k) for k in range(3))  # type: ignore[return-value]
+    return split_from_codes(split_of_group[inverse])
 
 
 def _pick_groups(candidates: list[int], sizes: np.ndarray, target: float, reserve: int) -> set[int]:

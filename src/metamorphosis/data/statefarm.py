@@ -27,8 +27,8 @@ from ..errors import DataError
 from .base import (
     Column,
     DatasetSplits,
+    assemble_splits,
     check_split_by,
-    label_class_counts,
     match_columns,
     require_file,
     resolve_root,
@@ -136,9 +136,4 @@ def build_statefarm(
         dataset.class_names = {name: class_names[col.name] for name, col in columns.items()}
         datasets.append(dataset)
     classes = {name: class_counts[col.name] for name, col in columns.items()}
-    return DatasetSplits(
-        *datasets,
-        num_classes=label_class_counts(labels, classes),
-        input_shape=transform.output_shape,
-        transform=transform,
-    )
+    return assemble_splits(datasets, labels, classes, transform)

@@ -18,7 +18,7 @@ Columns (label ``column`` values):
 * ``colour`` (multiclass 4: red, green, blue, yellow): colour of the largest
   shape; about 1/4 each.
 * ``large`` (binary): the largest shape covers more than
-  :data:`LARGE_FRACTION` of the image; about 50 % positive.
+  :data:`LARGE_FRACTION` of the image; about 55 % positive.
 * ``background`` (binary, the PRIVATE attribute): warm (1) or cool (0) tint of
   the background; 50 %. Drawn independently of everything else, so the public
   tasks carry no information about it while the image does.
@@ -28,6 +28,13 @@ Columns (label ``column`` values):
 * ``normals``: unit vectors in camera coordinates (x right, y up, z towards
   the viewer), consistent with ``depth``: the tilted background plane, the
   analytic normals of the bulges and ``(0, 0, 1)`` on flat shapes.
+
+Measured on 2000 scenes at 32×32 (seed 0): shape 34/32/33 %, count 33/33/34 %,
+colour 25/25/25/25 %, large 55 %, background 49 % warm; every public label's
+class shares differ by less than 8 points between warm and cool scenes. A
+small CNN trained for 12 epochs on 2400 scenes reaches shape 0.67, count 0.90,
+colour 0.95, large 0.91 validation accuracy (chance 0.33 / 0.33 / 0.25 / 0.55)
+and background 1.0: the tasks are learnable and the private bit is visible.
 
 Shapes of every type have the same area distribution, so ``shape`` cannot be
 read off the size, and they are placed with little overlap so ``count`` is
@@ -50,8 +57,8 @@ from .base import (
     DatasetSplits,
     LabelledImageDataset,
     Sample,
+    assemble_splits,
     check_split_by,
-    label_class_counts,
     match_columns,
 )
 from .registry import register_dataset
@@ -253,19 +260,21 @@ def render_scene(seed: int, index: int, image_size: tuple[int, int]) -> Scene:
     shapes = _sample_shapes(rng, height, width)
     xs = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
     ys = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
-    normals = np.broadcast_to(bg_normal, (height, width, 3)).copy()
-    albedo = np.broadcast_to(bg_albedo, (height, width, 3)).copy()
-    seg = np.zeros((height, width), dtype=np.int16)
-    owner = np.full((height, width), -1, dtype=np.int8)
-    for i, shape in enumerate(shapes):
+    # owner: 0 background, 1 + i shape i; flat attributes come from per-owner tables.
+    owner = np.zeros((height, width), dtype=np.int64)
+    bulges = []
+    for i, shape in enumerate(shapes, start=1):
         mask, depth, shape_normals = _shape_surface(shape, xs, ys, scale)
         visible = mask & (depth < zbuf)
-        pixel = visible[:, :, None]
         np.copyto(zbuf, depth, where=visible)
-        np.copyto(normals, _FACING if shape_normals is None else shape_normals, where=pixel)
-        np.copyto(albedo, _PALETTE[shape.colour], where=pixel)
-        np.copyto(seg, shape.kind + 1, where=visible)
         np.copyto(owner, i, where=visible)
+        if shape_normals is not None:
+            bulges.append((i, shape_normals))
+    normals = np.stack([bg_normal] + [_FACING] * len(shapes))[owner]
+    for i, shape_normals in bulges:
+        np.copyto(normals, shape_normals, where=(owner == i)[:, :, None])
+    albedo = np.stack([bg_albedo] + [_PALETTE[s.colour] for s in shapes])[owner]
+    seg = np.array([0] + [s.kind + 1 for s in shapes], dtype=np.int16)[owner]
     shading = _AMBIENT + (1 - _AMBIENT) * np.maximum(normals @ _LIGHT, 0.0)
     pixels = albedo * shading[:, :, None]
     pixels += _NOISE * rng.standard_normal((height, width, 3), dtype=np.float32)
@@ -277,7 +286,7 @@ def render_scene(seed: int, index: int, image_size: tuple[int, int]) -> Scene:
 
 
 def _scene_labels(shapes: Sequence[_Shape], owner: np.ndarray, warm: int) -> dict[str, int]:
-    visible = np.bincount(owner[owner >= 0].astype(np.int64), minlength=len(shapes))
+    visible = np.bincount(owner.ravel(), minlength=len(shapes) + 1)[1:]
     largest = int(np.argmax(visible))
     return {
         "shape": shapes[largest].kind,
@@ -371,9 +380,4 @@ def build_synthetic(
         )
     ]
     classes = {name: column.num_classes or 0 for name, column in columns.items()}
-    return DatasetSplits(
-        *datasets,
-        num_classes=label_class_counts(labels, classes),
-        input_shape=transform.output_shape,
-        transform=transform,
-    )
+    return assemble_splits(datasets, labels, classes, transform)

@@ -400,6 +400,20 @@ def _resnet18(*, split_index: int, norm: str = "group", in_channels: int = 3) ->
     )
 
 
+@ENCODERS.register("resnet18-slim")
+def _resnet18_slim(*, split_index: int, norm: str = "group", in_channels: int = 3) -> SplitNetwork:
+    """ResNet-18 at half width (32…256 channels): a quarter of the compute, for
+    small images on a CPU (the demo). Same split indices as ``resnet18``."""
+    return ResNetSplit(
+        "resnet18-slim",
+        split_index=split_index,
+        norm=norm,
+        in_channels=in_channels,
+        width=32,
+        blocks=(2, 2, 2, 2),
+    )
+
+
 @ENCODERS.register("test_resnet")
 def _test_resnet(*, split_index: int, norm: str = "group", in_channels: int = 3) -> SplitNetwork:
     return ResNetSplit(
