@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from opacus import GradSampleModule
@@ -121,6 +122,8 @@ def ssim_share(
 
 
 def main() -> None:
+    # Opacus' hooks on the first layer fire although images need no grad: harmless.
+    warnings.filterwarnings("ignore", message="Full backward hook is firing")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few repeats")
     args = parser.parse_args()

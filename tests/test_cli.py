@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -121,3 +123,39 @@ def test_demo_runs_end_to_end(tmp_path):
     assert len(record["tasks"]) >= 2 and len(record["private_attributes"]) >= 1
     for task in record["tasks"]:  # better than chance on the held-out split
         assert record["metrics"][task]["accuracy"] > 0.45
+
+
+def test_train_killed_mid_run_resumes_from_its_checkpoint(tmp_path):
+    """SIGKILL after the first checkpoint; the same command then finishes the run."""
+    path = _write_config(tmp_path / "c.yaml", tiny_config_dict("both", epochs=4, encoder_epochs=4))
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "metamorphosis",
+        "train",
+        str(path),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within 120 s"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (out / "run.json").exists()
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    resumes = [e for e in events if e["event"] == "resume"]
+    assert len(resumes) == 1  # it went on from the checkpoint, not from scratch
+    assert (resumes[0]["phase"], resumes[0]["epoch"]) != ("encoder", 0)
+    epochs = [(e["phase"], e["epoch"]) for e in events if e["event"] == "epoch"]
+    assert epochs[-1] == ("modules", 3)
+    record = json.loads((out / "run.json").read_text())
+    assert [p["steps"] for p in record["privacy"]["phases"]] == [4 * 5, 4 * 5]

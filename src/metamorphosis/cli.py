@@ -75,6 +75,10 @@ def summary_table(record: dict[str, Any]) -> str:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Run dir to write.")] = Path("runs/demo"),
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key of the demo config (repeatable)."),
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train the embedded demo (generated scenes, mode 'both') and summarise it."""
@@ -82,11 +86,13 @@ def demo(
 
     try:
         _refuse_finished(out)
-        config = demo_config()
+        config = demo_config(set_ or [])
+        budget = (
+            f", target epsilon {config.privacy.target_epsilon}" if config.privacy.uses_dp else ""
+        )
         typer.echo(
-            f"demo: {len(config.tasks)} public tasks, "
-            f"{len(config.private_attributes)} private attribute, mode "
-            f"{config.privacy.mode}, target epsilon {config.privacy.target_epsilon}"
+            f"demo: {len(config.tasks)} public tasks, {len(config.private_attributes)} "
+            f"private attribute(s), mode {config.privacy.mode}{budget}"
         )
         record = train_run(config, out, progress=not quiet)
     except MetaMorphosisError as exc:

@@ -6,57 +6,24 @@ can call :func:`train_run` directly.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, config_from_dict
+from .config import Config, load_config
 from .data import build_datasets
 from .rundir import write_run
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.loop import Trainer
 
-__all__ = ["train_run", "demo_config", "DEMO_CONFIG"]
+__all__ = ["train_run", "demo_config", "DEMO_CONFIG_PATH"]
 
-# The embedded default of ``metamorphosis demo``: generated scenes, two public
-# tasks and one private attribute, DP encoder + task privacy (mode ``both``),
-# sized to finish in a few minutes on 2 CPU cores.
-DEMO_CONFIG: dict[str, Any] = {
-    "data": {
-        "name": "synthetic",
-        "image_size": 32,
-        "num_samples": 2400,
-        "val_fraction": 0.1,
-        "test_fraction": 0.15,
-    },
-    "model": {"encoder": "resnet18-slim", "split_index": 5, "module": "cross-sec", "groups": 2},
-    "tasks": [
-        {"name": "colour", "column": "colour", "kind": "multiclass"},
-        {"name": "count", "column": "count", "kind": "multiclass"},
-    ],
-    "private_attributes": [{"name": "background", "column": "background", "kind": "binary"}],
-    "privacy": {
-        "mode": "both",
-        "target_epsilon": 8.0,
-        "delta": 1.0e-5,
-        "max_grad_norm": 1.0,
-        "omega": 0.01,
-        "accountant": "prv",
-    },
-    "train": {
-        "epochs": 5,
-        "encoder_epochs": 2,
-        "batch_size": 64,
-        "lr": 2.0e-3,
-        "head_lr": 2.0e-3,
-        "optimizer": "adamw",
-        "seed": 0,
-    },
-}
+DEMO_CONFIG_PATH = Path(__file__).with_name("demo.yaml")
 
 
-def demo_config() -> Config:
-    """The validated demo config."""
-    return config_from_dict(DEMO_CONFIG)
+def demo_config(overrides: Sequence[str] = ()) -> Config:
+    """The embedded demo config (``demo.yaml`` beside this module), validated."""
+    return load_config(DEMO_CONFIG_PATH, overrides)
 
 
 def train_run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -183,3 +184,22 @@ def test_celeba_config_trains_on_a_few_hundred_real_images(tmp_path, real_data_r
     assert record["privacy"]["epsilon"] > 0
     for name in ("smile", "gender"):
         assert 0.0 <= record["metrics"][name]["accuracy"] <= 1.0
+
+
+def test_pretrained_encoder_weights_are_loaded_from_a_local_file(tmp_path, tiny_config):
+    from metamorphosis.data import build_datasets
+    from metamorphosis.models.encoders import ResNet
+    from metamorphosis.train.loop import Trainer
+
+    torch.manual_seed(11)
+    reference = ResNet(width=8, blocks=(1, 1, 1, 1), norm="group")
+    torch.save(reference.state_dict(), tmp_path / "weights.pt")
+    config = tiny_config("none")
+    config = dataclasses.replace(
+        config, model=dataclasses.replace(config.model, pretrained=str(tmp_path / "weights.pt"))
+    )
+    data = build_datasets(config.data, config.all_labels, seed=0)
+    trainer = Trainer(config.with_label_classes(data.num_classes), data, tmp_path / "run")
+    loaded = trainer.producer.encoder.state_dict()
+    for key, value in loaded.items():
+        torch.testing.assert_close(value, reference.state_dict()[key], msg=key)

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from ..config import Config, config_to_dict
 from ..data import DatasetSplits
 from ..errors import CheckpointError
+from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
 from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -143,6 +144,8 @@ class Trainer:
         self.device = _device(config.train.device)
         torch.manual_seed(config.train.seed)
         self.network = build_network(config)
+        if config.model.pretrained:  # a local torchvision-format file; nothing is downloaded
+            load_pretrained(self.network, config.model.pretrained)
         self.producer: Producer = build_producer(
             config, self.network, data.input_shape, preprocess=data.transform
         ).to(self.device)
