@@ -69,16 +69,33 @@ def plan_phases(config: Config) -> list[PhasePlan]:
     if privacy.mode == "both":
         private = tuple(spec.name for spec in config.private_attributes)
         public = tuple(spec.name for spec in config.tasks)
-        return [
-            PhasePlan(
-                "encoder", private or public, True, True, 0.0, train.encoder_epochs or train.epochs
-            ),
-            PhasePlan(
-                "modules", everyone, not privacy.freeze_encoder, True, privacy.omega, train.epochs
-            ),
-        ]
+        encoder_phase = PhasePlan(
+            name="encoder",
+            labels=private or public,
+            train_encoder=True,
+            dp=True,
+            omega=0.0,
+            epochs=train.encoder_epochs or train.epochs,
+        )
+        modules_phase = PhasePlan(
+            name="modules",
+            labels=everyone,
+            train_encoder=not privacy.freeze_encoder,
+            dp=True,
+            omega=privacy.omega,
+            epochs=train.epochs,
+        )
+        return [encoder_phase, modules_phase]
     omega = privacy.omega if privacy.mode == "task" else 0.0
-    return [PhasePlan("joint", everyone, True, privacy.mode == "input", omega, train.epochs)]
+    joint = PhasePlan(
+        name="joint",
+        labels=everyone,
+        train_encoder=True,
+        dp=privacy.mode == "input",
+        omega=omega,
+        epochs=train.epochs,
+    )
+    return [joint]
 
 
 @dataclass
