@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,15 +15,6 @@ from metamorphosis.losses import IGNORE_INDEX
 from metamorphosis.metrics import create_metric, primary_metric
 
 FEW = settings(max_examples=25, deadline=None)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread avoids OpenMP stalls on a loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _feed(metric, outputs, targets):
