@@ -79,9 +79,13 @@ def demo(
         list[str] | None,
         typer.Option("--set", help="Override a key of the demo config (repeatable)."),
     ] = None,
+    audit: Annotated[
+        bool, typer.Option(help="Audit the trained run (quick attack budget) into OUT/audit.")
+    ] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train the embedded demo (generated scenes, mode 'both') and summarise it."""
+    """Train the embedded demo (generated scenes, mode 'both'), audit it and summarise."""
+    from .audit.run import AUDIT_DIR, run_audit
     from .experiment import demo_config, train_run
 
     try:
@@ -95,9 +99,21 @@ def demo(
             f"private attribute(s), mode {config.privacy.mode}{budget}"
         )
         record = train_run(config, out, progress=not quiet)
+        typer.echo(summary_table(record))
+        if audit:
+            report = run_audit(
+                out,
+                budget="quick",
+                device=config.train.device,
+                seed=config.train.seed,
+                progress=not quiet,
+                log=lambda line: typer.echo(line, err=True) if not quiet else None,
+            )
+            typer.echo("audit findings (quick attack budget):")
+            typer.echo(audit_summary(report))
+            typer.echo(f"report: {out / AUDIT_DIR / 'report.md'} (and report.html)")
     except MetaMorphosisError as exc:
         _fail(exc)
-    typer.echo(summary_table(record))
     typer.echo(f"run dir: {out}")
 
 
@@ -126,6 +142,70 @@ def train(
         _fail(exc)
     typer.echo(summary_table(record))
     typer.echo(f"run dir: {out}")
+
+
+def _parse_sweep_values(raw: list[str]) -> dict[str, list[float]]:
+    """``epsilon=0.5,1,inf`` -> ``{"epsilon": [0.5, 1.0, inf]}``."""
+    values: dict[str, list[float]] = {}
+    for item in raw:
+        name, sep, text = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            values[name.strip()] = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise MetaMorphosisError(
+                f"--values {item!r} is invalid: expected NAME=V1,V2,... (e.g. epsilon=1,4,inf)"
+            ) from None
+    return values
+
+
+def audit_summary(report: dict[str, Any]) -> str:
+    """The findings of an audit, one per line, warnings first."""
+    lines = [f"{f['level']:>8}: {f['text'].replace('`', '')}" for f in report["findings"]]
+    return "\n".join(lines)
+
+
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run dir.")],
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder, overriding the run's data.root.")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Small attack budget (tests, smoke checks); not for reporting.")
+    ] = False,
+    sweep: Annotated[
+        list[str] | None,
+        typer.Option(help="Also retrain across 'epsilon' or 'split' (repeatable; slow)."),
+    ] = None,
+    values: Annotated[
+        list[str] | None,
+        typer.Option(help="Sweep values, e.g. epsilon=0.5,1,2,4,8,inf or split=5,7,8."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda: where attackers train.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of subsets, attackers and t-SNE.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Attack a trained producer and write RUN_DIR/audit/ (report.md, .json, .html, PNGs)."""
+    from .audit.run import AUDIT_DIR, run_audit
+
+    try:
+        report = run_audit(
+            run_dir,
+            data_root=data_root,
+            budget="quick" if quick else "full",
+            device=device,
+            seed=seed,
+            sweeps=sweep or [],
+            sweep_values=_parse_sweep_values(values or []),
+            progress=not quiet,
+            log=lambda line: typer.echo(line, err=True) if not quiet else None,
+        )
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    typer.echo(audit_summary(report))
+    typer.echo(f"report: {run_dir / AUDIT_DIR / 'report.md'} (and report.html, report.json)")
 
 
 def main() -> None:

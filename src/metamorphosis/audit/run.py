@@ -1,0 +1,261 @@
+"""``metamorphosis audit``: from a finished run dir to ``RUN_DIR/audit/``.
+
+The audit reads only the run dir (weights, resolved config, transform) and
+the dataset the config names. It extracts every feature source once per
+split, runs the attacks on one declared budget, and writes the report with
+its figures. Everything is seeded, so the same command gives the same numbers
+on the same machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, config_from_dict
+from ..data import build_datasets
+from ..data.transforms import ImageTransform
+from ..errors import RunDirError
+from ..models.producer import build_network
+from ..rundir import load_heads, load_producer, read_run_json
+from . import attribute, reconstruction, swap, tsne
+from .budget import AttackBudget, budget_named
+from .cost import producer_cost
+from .features import ENCODER_SOURCE, FeatureSet, extract_features
+from .report import findings, plot_attribute, plot_swap, write_report
+from .sweeps import check_sweeps, run_sweeps
+
+__all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit", "resolve_device", "load_audit_data"]
+
+AUDIT_DIR = "audit"
+REPORT_VERSION = 1
+
+Log = Callable[[str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_audit_data(
+    run_dir: Path,
+    record: dict[str, Any],
+    config: Config,
+    *,
+    data_root: str | Path | None,
+    budget: AttackBudget,
+    seed: int,
+    device: torch.device,
+    progress: bool,
+) -> tuple[FeatureSet, FeatureSet]:
+    """Train and test features of every source, on the run's own splits."""
+    data = build_datasets(config.data, config.all_labels, seed=config.train.seed, root=data_root)
+    if list(data.input_shape) != list(record["input_shape"]):
+        raise RunDirError(
+            f"the data gives images of shape {list(data.input_shape)} but {run_dir} was trained "
+            f"on {record['input_shape']}; check --data-root and data.image_size"
+        )
+    transform = ImageTransform.from_dict(record["transform"])
+    producer = load_producer(run_dir).to(device)
+    names = [spec.name for spec in config.all_labels]
+    common = {
+        "names": names,
+        "mean": transform.mean,
+        "std": transform.std,
+        "seed": seed,
+        "device": device,
+        "progress": progress,
+    }
+    train = extract_features(
+        producer, data.train, limit=budget.train_items, description="train features", **common
+    )
+    test = extract_features(
+        producer, data.test, limit=budget.test_items, description="test features", **common
+    )
+    return train, test
+
+
+def _run_summary(run_dir: Path, record: dict[str, Any], config: Config) -> dict[str, Any]:
+    privacy = record["privacy"]
+    return {
+        "dataset": config.data.name,
+        "encoder": config.model.encoder,
+        "split_index": config.model.split_index,
+        "module": config.model.module,
+        "mode": privacy["mode"],
+        "epsilon": privacy["epsilon"],
+        "delta": privacy["delta"],
+        "tasks": list(record["tasks"]),
+        "private_attributes": list(record["private_attributes"]),
+        "feature_shapes": record["feature_shapes"],
+        "train_metrics": record["metrics"],
+    }
+
+
+class _Stages:
+    """Logs each stage as it starts and records how long it took."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self.log(f"audit: {name} …")
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - started, 2)
+
+
+def run_audit(
+    run_dir: str | Path,
+    *,
+    data_root: str | Path | None = None,
+    budget: str | AttackBudget = "full",
+    device: str = "auto",
+    seed: int = 0,
+    sweeps: Sequence[str] = (),
+    sweep_values: dict[str, Sequence[float]] | None = None,
+    progress: bool = True,
+    log: Log = lambda _: None,
+) -> dict[str, Any]:
+    """Audit a finished run; writes ``RUN_DIR/audit/`` and returns the report dict.
+
+    Args:
+        run_dir: a finished run dir (``run.json`` and weights present).
+        data_root: the dataset folder, overriding the config's ``data.root``.
+        budget: ``full``, ``quick`` or an :class:`AttackBudget`.
+        device: ``auto``, ``cpu`` or ``cuda``; where attackers train.
+        seed: seeds the subsets, the attackers and t-SNE.
+        sweeps: any of ``epsilon`` and ``split``: retrain the run's config
+            across those values (expensive) and add their tables.
+        sweep_values: the values of each sweep (defaults: the paper's).
+        progress: show progress bars.
+        log: receives one line per stage.
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    check_sweeps(sweeps, sweep_values or {})
+    record = read_run_json(run_dir)
+    config = config_from_dict(record["config"])
+    budget = budget_named(budget) if isinstance(budget, str) else budget
+    torch_device = resolve_device(device)
+    out_dir = run_dir / AUDIT_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = _Stages(log)
+
+    with stage("features"):
+        train, test = load_audit_data(
+            run_dir,
+            record,
+            config,
+            data_root=data_root,
+            budget=budget,
+            seed=seed,
+            device=torch_device,
+            progress=progress,
+        )
+    labels = list(config.all_labels)
+    tasks = list(record["tasks"])
+    private = [spec for spec in labels if spec.name in record["private_attributes"]]
+    network = build_network(config)
+    hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
+    attack = {"budget": budget, "device": torch_device, "seed": seed}
+
+    with stage("swap (kept heads)"):
+        kept = swap.kept_head_swap(load_heads(run_dir), labels, test, device=torch_device)
+    with stage("swap (retrained attackers)"):
+        retrained = swap.retrained_swap(
+            lambda spec: network.make_head(spec, hw),
+            labels,
+            train,
+            test,
+            sources=[ENCODER_SOURCE, *tasks],
+            progress=progress,
+            **attack,
+        )
+    with stage("attribute inference"):
+        rows = attribute.attribute_inference(retrained, tasks, private, train, test, **attack)
+    with stage("reconstruction"):
+        recon = reconstruction.reconstruction_attack(
+            train,
+            test,
+            sources=[ENCODER_SOURCE, *tasks],
+            width=budget.decoder_width,
+            progress=progress,
+            **attack,
+        )
+    names = [spec.name for spec in labels]
+    with stage("t-SNE"):
+        color = private[0].name if private else tasks[0]
+        embedding = tsne.tsne_embedding(
+            test, names, items=budget.tsne_items, seed=seed, color_label=color
+        )
+        similarity = tsne.feature_similarity(test, names)
+    with stage("producer cost"):
+        cost = producer_cost(load_producer(run_dir), load_heads(run_dir))
+
+    plot_swap(
+        {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()},
+        out_dir / "swap_matrix.png",
+    )
+    plot_attribute([r.to_dict() for r in rows], out_dir / "attribute_inference.png")
+    reconstruction.plot_reconstructions(recon, out_dir / "reconstruction.png")
+    tsne.plot_tsne(embedding, out_dir / "tsne.png")
+
+    report: dict[str, Any] = {
+        "version": REPORT_VERSION,
+        "run_dir": str(run_dir),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": _run_summary(run_dir, record, config),
+        "budget": budget.to_dict(),
+        "seed": seed,
+        "device": str(torch_device),
+        "data": {"train_items": len(train), "test_items": len(test), "split": "test"},
+        "majority": {
+            spec.name: attribute.majority_rate(
+                spec, train.targets[spec.name], test.targets[spec.name]
+            )
+            for spec in labels
+        },
+        "assumptions": {
+            "kept_heads": swap.KEPT_HEADS_ASSUMPTION,
+            "retrained": swap.RETRAINED_ASSUMPTION,
+            "attribute": attribute.ASSUMPTION,
+            "reconstruction": reconstruction.ASSUMPTION,
+            "tsne": tsne.ASSUMPTION,
+        },
+        "swap": {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()},
+        "attribute_inference": [r.to_dict() for r in rows],
+        "reconstruction": recon.to_dict(),
+        "tsne": embedding.to_dict(),
+        "similarity": similarity,
+        "cost": cost,
+    }
+    if sweeps:
+        with stage("sweeps"):
+            report["sweeps"] = run_sweeps(
+                run_dir,
+                config,
+                sweeps,
+                values=sweep_values or {},
+                data_root=data_root,
+                budget=budget,
+                device=device,
+                seed=seed,
+                progress=progress,
+                out_dir=out_dir,
+            )
+    report["findings"] = findings(report)
+    report["seconds"] = {**stage.seconds, "total": round(time.perf_counter() - started, 2)}
+    write_report(report, out_dir)
+    return report

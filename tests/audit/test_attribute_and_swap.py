@@ -1,0 +1,150 @@
+"""Swap matrices and attribute inference: they must find what is there and only that."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from metamorphosis.audit.attribute import attribute_inference, linear_probe, majority_rate
+from metamorphosis.audit.budget import AttackBudget
+from metamorphosis.audit.features import FeatureSet, extract_features
+from metamorphosis.audit.swap import kept_head_swap, retrained_swap
+from metamorphosis.config import DataConfig, LabelSpec
+from metamorphosis.data import build_datasets
+from metamorphosis.rundir import load_heads, load_producer, read_run_json
+
+BUDGET = AttackBudget(
+    name="test",
+    train_items=None,
+    test_items=None,
+    epochs=15,
+    reconstruction_epochs=1,
+    batch_size=32,
+    lr=3e-3,
+    tsne_items=10,
+)
+BACKGROUND = LabelSpec(name="background", column="background", kind="binary")
+COLOUR = LabelSpec(name="colour", column="colour", kind="multiclass", num_classes=4)
+
+
+def _scenes(count: int, seed: int) -> FeatureSet:
+    """Generated scenes whose private ``background`` tint is planted in the pixels.
+
+    Sources: ``pixels`` (identity features, everything is there), ``blind``
+    (constant features, nothing is there) and ``encoder`` (the pixels again,
+    standing in for the universal features).
+    """
+    data = build_datasets(
+        DataConfig(
+            name="synthetic",
+            image_size=(16, 16),
+            num_samples=count,
+            val_fraction=0.1,
+            test_fraction=0.3,
+        ),
+        [COLOUR, BACKGROUND],
+        seed=seed,
+    )
+    items = [data.train[i] for i in range(len(data.train))] + [
+        data.test[i] for i in range(len(data.test))
+    ]
+    images = torch.stack([image for image, _ in items])
+    targets = {k: torch.stack([t[k] for _, t in items]) for k in ("colour", "background")}
+    return FeatureSet(
+        sources={"pixels": images, "blind": torch.zeros_like(images), "encoder": images},
+        images=images * 0.5 + 0.5,
+        targets=targets,
+        item_ids=[str(i) for i in range(len(items))],
+    ), len(data.train)
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    features, n_train = _scenes(400, seed=1)
+    return features.select(range(n_train)), features.select(range(n_train, len(features)))
+
+
+def _linear_head(spec: LabelSpec) -> nn.Module:
+    return nn.Sequential(nn.Flatten(1), nn.Linear(3 * 16 * 16, spec.num_outputs))
+
+
+def test_majority_rate_is_the_train_majority_scored_on_test():
+    train = torch.tensor([1.0, 1.0, 0.0])
+    test = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    assert majority_rate(BACKGROUND, train, test) == pytest.approx(0.25)
+    assert majority_rate(LabelSpec(name="d", column="depth", kind="depth"), train, test) is None
+
+
+def test_attribute_inference_finds_a_planted_attribute_and_nothing_in_blind_features(scenes):
+    train, test = scenes
+    swap = retrained_swap(
+        _linear_head,
+        [BACKGROUND],
+        train,
+        test,
+        sources=["encoder", "pixels", "blind"],
+        budget=BUDGET,
+        seed=0,
+    )
+    rows = {
+        r.source: r
+        for r in attribute_inference(
+            swap, ["pixels", "blind"], [BACKGROUND], train, test, budget=BUDGET, seed=0
+        )
+    }
+    majority = rows["pixels"].majority
+    assert 0.35 < majority < 0.65
+    assert rows["pixels"].head > 0.9 and rows["pixels"].probe > 0.9
+    assert rows["blind"].head <= majority + 0.02
+    assert rows["blind"].probe <= majority + 0.02
+    assert rows["blind"].universal_head == rows["pixels"].head  # encoder == pixels here
+
+
+def test_retrained_swap_is_seeded(scenes):
+    train, test = scenes
+    first, second = (
+        retrained_swap(
+            _linear_head,
+            [COLOUR, BACKGROUND],
+            train,
+            test,
+            sources=["pixels"],
+            budget=BUDGET,
+            seed=5,
+        )
+        for _ in range(2)
+    )
+    assert first.matrix == second.matrix
+    assert first.matrix["pixels"]["colour"] > 0.7  # chance is 25 %
+
+
+def test_linear_probe_on_dense_labels_predicts_full_resolution_maps(scenes):
+    train, test = scenes
+    seg = LabelSpec(name="seg", column="seg", kind="segmentation", num_classes=3)
+    train.targets["seg"] = (train.images[:, 0] > 0.5).long()
+    test.targets["seg"] = (test.images[:, 0] > 0.5).long()
+    metrics = linear_probe(seg, "pixels", train, test, budget=BUDGET, seed=0)
+    share = float(test.targets["seg"].float().mean())
+    assert metrics["pixel_accuracy"] > max(share, 1 - share) + 0.1
+
+
+def test_kept_head_swap_reproduces_the_swap_matrix_of_training(tiny_run):
+    """The audit's paper protocol on the full test split equals what training recorded."""
+    record = read_run_json(tiny_run)
+    from metamorphosis.config import config_from_dict
+
+    config = config_from_dict(record["config"])
+    data = build_datasets(config.data, config.all_labels, seed=config.train.seed)
+    producer = load_producer(tiny_run)
+    test = extract_features(
+        producer, data.test, names=[s.name for s in config.all_labels], mean=0.5, std=0.5
+    )
+    assert test.item_ids == data.test.item_ids
+    with torch.no_grad():
+        image, _ = data.test[0]
+        assert torch.allclose(test.sources["encoder"][0], producer.encode(image[None])[0])
+    kept = kept_head_swap(load_heads(tiny_run), list(config.all_labels), test)
+    for source, row in record["swap_matrix"].items():
+        for label, value in row.items():
+            assert kept.matrix[source][label] == pytest.approx(value, abs=1e-6)

@@ -1,0 +1,124 @@
+"""The written report: complete, self-contained, consistent, and honest in its flags."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from metamorphosis.audit.document import Document, number, percent
+from metamorphosis.audit.report import REPORT_FILES, findings
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("swap_matrix.png", "attribute_inference.png", "reconstruction.png", "tsne.png")
+
+
+def test_audit_writes_every_report_file_and_figure(tiny_run, tiny_audit):
+    out = tiny_run / "audit"
+    for name in (*REPORT_FILES, *FIGURES):
+        assert (out / name).stat().st_size > 0, name
+    for name in FIGURES:
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(tiny_audit))
+
+
+def test_report_json_holds_every_measurement(tiny_audit):
+    labels = ["shape", "large", "background"]
+    assert list(tiny_audit["swap"]["kept_heads"]["matrix"]) == labels
+    assert list(tiny_audit["swap"]["retrained"]["matrix"]) == ["encoder", "shape", "large"]
+    rows = {(r["source"], r["attribute"]) for r in tiny_audit["attribute_inference"]}
+    assert rows == {("shape", "background"), ("large", "background"), ("encoder", "background")}
+    assert set(tiny_audit["reconstruction"]["scores"]) == {"encoder", "shape", "large"}
+    assert tiny_audit["budget"]["name"] == "quick"
+    assert tiny_audit["data"]["test_items"] == 12  # the tiny config's whole test split
+    assert {f["level"] for f in tiny_audit["findings"]} <= {"warning", "note", "ok"}
+    assert len(tiny_audit["findings"]) >= 4  # two attribute rows and two reconstructions
+
+
+def test_html_is_self_contained_and_matches_the_markdown(tiny_run, tiny_audit):
+    html = (tiny_run / "audit" / "report.html").read_text()
+    markdown = (tiny_run / "audit" / "report.md").read_text()
+    sources = re.findall(r'src="([^"]+)"', html)
+    assert len(sources) == len(FIGURES)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    for name in FIGURES:
+        assert f"]({name})" in markdown
+    for finding in tiny_audit["findings"]:
+        assert finding["text"] in markdown
+    assert "Attack budget `quick`" in markdown
+
+
+def _report(head, probe, universal, majority, psnr, universal_psnr, guess_psnr):
+    metric = {"name": "accuracy", "higher_is_better": True}
+    return {
+        "run": {"tasks": ["smile"]},
+        "majority": {"smile": 0.5, "gender": majority},
+        "attribute_inference": [
+            {
+                "source": "smile",
+                "attribute": "gender",
+                "metric": "accuracy",
+                "head": head,
+                "probe": probe,
+                "majority": majority,
+                "universal_head": universal,
+                "universal_probe": universal,
+            },
+        ],
+        "swap": {
+            "kept_heads": {"metric": {"smile": metric}, "matrix": {"smile": {"smile": 0.9}}},
+            "retrained": {
+                "metric": {"smile": metric},
+                "matrix": {"encoder": {"smile": 0.9}, "smile": {"smile": 0.9}},
+            },
+        },
+        "reconstruction": {
+            "scores": {"encoder": {"psnr": universal_psnr}, "smile": {"psnr": psnr}},
+            "baseline": {"psnr": guess_psnr},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("head", "probe", "universal", "level"),
+    [
+        (0.95, 0.90, 0.95, "warning"),  # as much as the universal features
+        (0.60, 0.80, 0.95, "note"),  # above chance (best attacker counts), below universal
+        (0.58, 0.55, 0.95, "ok"),  # within 5 points of the majority rate
+    ],
+)
+def test_attribute_leak_levels(head, probe, universal, level):
+    report = _report(head, probe, universal, 0.56, psnr=15, universal_psnr=15, guess_psnr=15)
+    flagged = [f for f in findings(report) if "`gender`" in f["text"]]
+    assert [f["level"] for f in flagged] == [level]
+
+
+@pytest.mark.parametrize(
+    ("psnr", "universal_psnr", "level"),
+    [(20.0, 20.2, "warning"), (17.0, 20.0, "note"), (12.5, 20.0, "ok")],
+)
+def test_reconstruction_levels_against_universal_and_mean_guess(psnr, universal_psnr, level):
+    report = _report(0.5, 0.5, 0.5, 0.56, psnr=psnr, universal_psnr=universal_psnr, guess_psnr=12)
+    flagged = [f for f in findings(report) if f["text"].startswith("reconstruction")]
+    assert [f["level"] for f in flagged] == [level]
+
+
+def test_warnings_come_first():
+    report = _report(0.58, 0.55, 0.95, 0.56, psnr=20.0, universal_psnr=20.0, guess_psnr=12)
+    levels = [f["level"] for f in findings(report)]
+    assert levels == ["warning", "ok"]
+
+
+def test_document_renders_tables_and_escapes_html():
+    doc = Document("t")
+    doc.table(["a", "b"], [["<x>", "`c`"]])
+    assert "| <x> | `c` |" in doc.markdown()
+    html = doc.html(".")
+    assert "&lt;x&gt;" in html and "<code>c</code>" in html
+
+
+def test_number_formats():
+    assert percent(0.9531) == "95.3 %"
+    assert number("accuracy", None) == "—"
+    assert number("abs_err", 0.123456) == "0.123"
