@@ -122,3 +122,21 @@ def test_number_formats():
     assert percent(0.9531) == "95.3 %"
     assert number("accuracy", None) == "—"
     assert number("abs_err", 0.123456) == "0.123"
+
+
+def test_a_single_task_run_without_private_attributes_is_audited(tmp_path):
+    """Nothing to compare or to infer: those sections are left out, the rest is there."""
+    from metamorphosis.audit.run import run_audit
+    from metamorphosis.config import config_from_dict
+    from metamorphosis.experiment import train_run
+    from tiny import tiny_config_dict
+
+    raw = tiny_config_dict("none", epochs=1)
+    raw["tasks"] = raw["tasks"][:1]
+    raw["private_attributes"] = []
+    train_run(config_from_dict(raw), tmp_path / "run", progress=False)
+    report = run_audit(tmp_path / "run", budget="quick", device="cpu", progress=False)
+    assert report["attribute_inference"] == [] and report["tsne"] is None
+    assert list(report["swap"]["retrained"]["matrix"]) == ["encoder", "shape"]
+    markdown = (tmp_path / "run" / "audit" / "report.md").read_text()
+    assert "## Reconstruction attack" in markdown and "t-SNE" not in markdown

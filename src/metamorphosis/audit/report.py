@@ -135,6 +135,25 @@ def findings(report: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 # -- figures ----------------------------------------------------------------------
+def _cell_colours(result: Mapping[str, Any], rows: list[str], columns: list[str]) -> np.ndarray:
+    """Values mapped to [0, 1] on one scale per column: rates as they are, errors by column max.
+
+    A shared colour scale keeps 86 % from looking "low" just because a
+    neighbouring cell reads 93 %; error metrics (lower is better) are
+    inverted so that bright always means "the label is recovered well".
+    """
+    colours = np.zeros((len(rows), len(columns)))
+    for j, column in enumerate(columns):
+        metric = result["metric"][column]
+        values = np.array([result["matrix"][r][column] for r in rows], dtype=float)
+        if metric["name"] in ("accuracy", "miou", "pixel_accuracy"):
+            colours[:, j] = values
+        else:
+            scale = max(np.abs(values).max(), 1e-12)
+            colours[:, j] = values / scale if metric["higher_is_better"] else 1 - values / scale
+    return colours
+
+
 def plot_swap(swap: Mapping[str, Any], path: str | Path) -> Path:
     """Both swap matrices as heatmaps (rows: feature source, columns: label)."""
     panels = [
@@ -145,20 +164,20 @@ def plot_swap(swap: Mapping[str, Any], path: str | Path) -> Path:
     for axes, (title, result) in zip(figure.subplots(1, 2), panels, strict=True):
         rows = list(result["matrix"])
         columns = list(result["metric"])
-        values = np.array([[result["matrix"][r][c] for c in columns] for r in rows])
-        axes.imshow(values, cmap="viridis", aspect="auto")
+        colours = _cell_colours(result, rows, columns)
+        axes.imshow(colours, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
         axes.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
         axes.set_yticks(range(len(rows)), [f"{r} features" for r in rows])
-        for i in range(len(rows)):
-            for j, c in enumerate(columns):
-                name = result["metric"][c]["name"]
+        for i, row in enumerate(rows):
+            for j, column in enumerate(columns):
+                name = result["metric"][column]["name"]
                 axes.text(
                     j,
                     i,
-                    number(name, values[i, j]),
+                    number(name, result["matrix"][row][column]),
                     ha="center",
                     va="center",
-                    color="white" if values[i, j] < values.mean() else "black",
+                    color="white" if colours[i, j] < 0.6 else "black",
                     fontsize=9,
                 )
         axes.set_title(title)
@@ -277,9 +296,11 @@ def _reconstruction_section(doc: Document, report: Mapping[str, Any]) -> None:
 
 
 def _tsne_section(doc: Document, report: Mapping[str, Any]) -> None:
+    tsne = report.get("tsne")
+    if not tsne:  # a producer with one module has nothing to compare
+        return
     doc.heading("Task features compared (t-SNE)")
     doc.paragraph(report["assumptions"]["tsne"])
-    tsne = report.get("tsne") or {}
     if tsne.get("separation") is not None:
         doc.paragraph(
             f"Separation of the sources in the embedding (accuracy of predicting the source "

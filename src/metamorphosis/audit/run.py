@@ -38,6 +38,15 @@ REPORT_VERSION = 1
 
 Log = Callable[[str], None]
 
+ASSUMPTIONS = {
+    "kept_heads": swap.KEPT_HEADS_ASSUMPTION,
+    "retrained": swap.RETRAINED_ASSUMPTION,
+    "attribute": attribute.ASSUMPTION,
+    "reconstruction": reconstruction.ASSUMPTION,
+    "tsne": tsne.ASSUMPTION,
+}
+"""What each measurement assumes about the attacker, as the report states it."""
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when present; anything else is passed to torch."""
@@ -152,7 +161,6 @@ def run_audit(
     out_dir = run_dir / AUDIT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = _Stages(log)
-
     with stage("features"):
         train, test = load_audit_data(
             run_dir,
@@ -164,55 +172,8 @@ def run_audit(
             device=torch_device,
             progress=progress,
         )
-    labels = list(config.all_labels)
-    tasks = list(record["tasks"])
-    private = [spec for spec in labels if spec.name in record["private_attributes"]]
-    network = build_network(config)
-    hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
-    attack = {"budget": budget, "device": torch_device, "seed": seed}
-
-    with stage("swap (kept heads)"):
-        kept = swap.kept_head_swap(load_heads(run_dir), labels, test, device=torch_device)
-    with stage("swap (retrained attackers)"):
-        retrained = swap.retrained_swap(
-            lambda spec: network.make_head(spec, hw),
-            labels,
-            train,
-            test,
-            sources=[ENCODER_SOURCE, *tasks],
-            progress=progress,
-            **attack,
-        )
-    with stage("attribute inference"):
-        rows = attribute.attribute_inference(retrained, tasks, private, train, test, **attack)
-    with stage("reconstruction"):
-        recon = reconstruction.reconstruction_attack(
-            train,
-            test,
-            sources=[ENCODER_SOURCE, *tasks],
-            width=budget.decoder_width,
-            progress=progress,
-            **attack,
-        )
-    names = [spec.name for spec in labels]
-    with stage("t-SNE"):
-        color = private[0].name if private else tasks[0]
-        embedding = tsne.tsne_embedding(
-            test, names, items=budget.tsne_items, seed=seed, color_label=color
-        )
-        similarity = tsne.feature_similarity(test, names)
-    with stage("producer cost"):
-        cost = producer_cost(load_producer(run_dir), load_heads(run_dir))
-
-    plot_swap(
-        {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()},
-        out_dir / "swap_matrix.png",
-    )
-    plot_attribute([r.to_dict() for r in rows], out_dir / "attribute_inference.png")
-    reconstruction.plot_reconstructions(recon, out_dir / "reconstruction.png")
-    tsne.plot_tsne(embedding, out_dir / "tsne.png")
-
-    report: dict[str, Any] = {
+    audit = _Audit(run_dir, record, config, train, test, budget, torch_device, seed, progress)
+    report = {
         "version": REPORT_VERSION,
         "run_dir": str(run_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -221,25 +182,9 @@ def run_audit(
         "seed": seed,
         "device": str(torch_device),
         "data": {"train_items": len(train), "test_items": len(test), "split": "test"},
-        "majority": {
-            spec.name: attribute.majority_rate(
-                spec, train.targets[spec.name], test.targets[spec.name]
-            )
-            for spec in labels
-        },
-        "assumptions": {
-            "kept_heads": swap.KEPT_HEADS_ASSUMPTION,
-            "retrained": swap.RETRAINED_ASSUMPTION,
-            "attribute": attribute.ASSUMPTION,
-            "reconstruction": reconstruction.ASSUMPTION,
-            "tsne": tsne.ASSUMPTION,
-        },
-        "swap": {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()},
-        "attribute_inference": [r.to_dict() for r in rows],
-        "reconstruction": recon.to_dict(),
-        "tsne": embedding.to_dict(),
-        "similarity": similarity,
-        "cost": cost,
+        "majority": audit.majority(),
+        "assumptions": ASSUMPTIONS,
+        **audit.measure(stage, out_dir),
     }
     if sweeps:
         with stage("sweeps"):
@@ -259,3 +204,95 @@ def run_audit(
     report["seconds"] = {**stage.seconds, "total": round(time.perf_counter() - started, 2)}
     write_report(report, out_dir)
     return report
+
+
+class _Audit:
+    """The measurements of one audit over features already extracted."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        record: dict[str, Any],
+        config: Config,
+        train: FeatureSet,
+        test: FeatureSet,
+        budget: AttackBudget,
+        device: torch.device,
+        seed: int,
+        progress: bool,
+    ) -> None:
+        self.run_dir, self.train, self.test = run_dir, train, test
+        self.labels = list(config.all_labels)
+        self.tasks = list(record["tasks"])
+        self.private = [s for s in self.labels if s.name in record["private_attributes"]]
+        self.network = build_network(config)
+        self.hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
+        self.budget, self.device, self.seed, self.progress = budget, device, seed, progress
+
+    def majority(self) -> dict[str, float | None]:
+        return {
+            spec.name: attribute.majority_rate(
+                spec, self.train.targets[spec.name], self.test.targets[spec.name]
+            )
+            for spec in self.labels
+        }
+
+    def measure(self, stage: _Stages, out_dir: Path) -> dict[str, Any]:
+        """Every attack and measurement, with its figure written to ``out_dir``."""
+        attack = {"budget": self.budget, "device": self.device, "seed": self.seed}
+        sources = [ENCODER_SOURCE, *self.tasks]  # what an attacker can hold
+        with stage("swap (kept heads)"):
+            kept = swap.kept_head_swap(
+                load_heads(self.run_dir), self.labels, self.test, device=self.device
+            )
+        with stage("swap (retrained attackers)"):
+            retrained = swap.retrained_swap(
+                lambda spec: self.network.make_head(spec, self.hw),
+                self.labels,
+                self.train,
+                self.test,
+                sources=sources,
+                progress=self.progress,
+                **attack,
+            )
+        with stage("attribute inference"):
+            rows = attribute.attribute_inference(
+                retrained, self.tasks, self.private, self.train, self.test, **attack
+            )
+        with stage("reconstruction"):
+            recon = reconstruction.reconstruction_attack(
+                self.train,
+                self.test,
+                sources=sources,
+                width=self.budget.decoder_width,
+                progress=self.progress,
+                **attack,
+            )
+        with stage("t-SNE"):
+            embedding, similarity = self._compare_modules(out_dir)
+        with stage("producer cost"):
+            cost = producer_cost(load_producer(self.run_dir), load_heads(self.run_dir))
+        swaps = {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()}
+        plot_swap(swaps, out_dir / "swap_matrix.png")
+        plot_attribute([r.to_dict() for r in rows], out_dir / "attribute_inference.png")
+        reconstruction.plot_reconstructions(recon, out_dir / "reconstruction.png")
+        return {
+            "swap": swaps,
+            "attribute_inference": [r.to_dict() for r in rows],
+            "reconstruction": recon.to_dict(),
+            "tsne": embedding,
+            "similarity": similarity,
+            "cost": cost,
+        }
+
+    def _compare_modules(self, out_dir: Path) -> tuple[dict | None, dict]:
+        """t-SNE and pairwise similarity of every module's features (needs two modules)."""
+        names = [spec.name for spec in self.labels]
+        if len(names) < 2:
+            return None, {}
+        color = self.private[0].name if self.private else self.tasks[0]
+        embedding = tsne.tsne_embedding(
+            self.test, names, items=self.budget.tsne_items, seed=self.seed, color_label=color
+        )
+        tsne.plot_tsne(embedding, out_dir / "tsne.png")
+        return embedding.to_dict(), tsne.feature_similarity(self.test, names)

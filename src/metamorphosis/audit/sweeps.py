@@ -34,7 +34,14 @@ from .budget import AttackBudget
 from .document import number
 from .swap import retrained_swap
 
-__all__ = ["DEFAULT_VALUES", "SWEEPS", "check_sweeps", "point_config", "run_sweeps"]
+__all__ = [
+    "DEFAULT_VALUES",
+    "SWEEPS",
+    "check_sweeps",
+    "point_config",
+    "run_sweeps",
+    "sweep_table",
+]
 
 DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "epsilon": (0.5, 1.0, 2.0, 4.0, 8.0, math.inf),
@@ -142,7 +149,7 @@ def _leakage(
 
 
 def _size_mb(module) -> float:
-    return round(4 * count_parameters(module) / 1e6, 3)
+    return 4 * count_parameters(module) / 1e6
 
 
 def _point(
@@ -170,7 +177,8 @@ def _point(
     }
 
 
-def _table(sweep: str, points: Sequence[Mapping[str, Any]], config: Config) -> dict[str, Any]:
+def sweep_table(sweep: str, points: Sequence[Mapping[str, Any]], config: Config) -> dict[str, Any]:
+    """The header and rows of a sweep's table (``points`` as :func:`run_sweeps` records them)."""
     kinds = {s.name: s.kind for s in config.all_labels}
     tasks = list(points[0]["utility"])
     leaks = list(points[0]["leakage"])
@@ -190,8 +198,8 @@ def _table(sweep: str, points: Sequence[Mapping[str, Any]], config: Config) -> d
             value,
             eps,
             "×".join(map(str, p["feature_shape"])),
-            f"{p['producer_mb']:.2f}",
-            f"{p['consumer_mb']:.2f}",
+            f"{p['producer_mb']:.3g}",
+            f"{p['consumer_mb']:.3g}",
         ]
         row += [number(primary_metric(kinds[t])[0], p["utility"][t]) for t in tasks]
         row += [number(primary_metric(kinds[a])[0], p["leakage"][a]) for a in leaks]
@@ -270,7 +278,7 @@ def run_sweeps(
         _plot(sweep, points, out_dir / figure)
         sections[sweep] = {
             "description": _DESCRIPTIONS[sweep],
-            **_table(sweep, points, config),
+            **sweep_table(sweep, points, config),
             "figure": figure,
             "caption": f"Utility and leakage across the {sweep} sweep",
             "points": points,
