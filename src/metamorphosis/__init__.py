@@ -28,6 +28,7 @@ __all__ = [
     "load_producer",
     "load_heads",
     "train_run",
+    "run_audit",
     "MetaMorphosisError",
     "ConfigError",
     "DataError",
@@ -37,3 +38,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # The audit pulls in matplotlib and scikit-learn; load it only when asked for.
+    if name == "run_audit":
+        from .audit.run import run_audit
+
+        return run_audit
+    raise AttributeError(f"module 'metamorphosis' has no attribute {name!r}")

@@ -80,6 +80,9 @@ def majority_rate(spec: LabelSpec, train_targets: Tensor, test_targets: Tensor) 
 class _Standardise(nn.Module):
     """Fixed per-feature standardisation learned from the train split."""
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Tensor, std: Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean)

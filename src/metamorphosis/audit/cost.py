@@ -16,6 +16,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +170,18 @@ def producer_cost(
     model.eval()
     try:
         images = torch.randn(batch_size, *model.input_shape, device=device)
-        time_it = dict(repeats=repeats, warmup=warmup, batch_size=batch_size, device=device)
+
+        def time_it(run: Callable[[], Tensor]) -> float:
+            return _median_ms_per_image(
+                run, repeats=repeats, warmup=warmup, batch_size=batch_size, device=device
+            )
+
         with torch.inference_mode():
             shared = model.encode(images)
             published = model(images)
         encoder = {
             **module_size(model.encoder),
-            "latency_ms": _median_ms_per_image(lambda: model.encode(images), **time_it),
+            "latency_ms": time_it(lambda: model.encode(images)),
             "feature_shape": list(shared.shape[1:]),
             "feature_kb": _feature_entry(shared.shape)["size_kb"],
         }
@@ -183,13 +189,13 @@ def producer_cost(
             name: {
                 "role": _role(model, name),
                 **module_size(module),
-                "latency_ms": _median_ms_per_image(lambda m=module: m(shared), **time_it),
+                "latency_ms": time_it(partial(module, shared)),
             }
             for name, module in model.task_modules.items()
         }
         whole = {
             **module_size(model),
-            "publish_latency_ms": _median_ms_per_image(lambda: model(images), **time_it),
+            "publish_latency_ms": time_it(lambda: model(images)),
         }
     finally:
         model.train(was_training)

@@ -9,13 +9,16 @@ per image and guarantees the attacks see identical inputs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
+from typing import cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
+
+from ..models.producer import Producer
 
 __all__ = ["ENCODER_SOURCE", "FeatureSet", "extract_features", "subset_indices", "to_pixels"]
 
@@ -68,7 +71,7 @@ def to_pixels(images: Tensor, *, mean: float, std: float) -> Tensor:
 
 @torch.no_grad()
 def extract_features(
-    producer: nn.Module,
+    producer: Producer,
     dataset: Dataset,
     *,
     names: Sequence[str],
@@ -96,7 +99,7 @@ def extract_features(
         progress: show a progress bar.
         description: the progress bar's label.
     """
-    indices = subset_indices(len(dataset), limit, seed)
+    indices = subset_indices(len(cast(Sized, dataset)), limit, seed)
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False)
     producer.eval()
     chunks: dict[str, list[Tensor]] = {ENCODER_SOURCE: [], **{n: [] for n in names}}

@@ -9,7 +9,7 @@ and the summary figures into the audit folder.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -359,6 +359,13 @@ def build_document(report: Mapping[str, Any]) -> Document:
     return doc
 
 
+def _text_writer(text: str) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        path.write_text(text, encoding="utf-8")
+
+    return write
+
+
 def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ``report.html`` (figures must exist already)."""
     out_dir = Path(out_dir)
@@ -370,5 +377,5 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         "report.html": document.html(out_dir),
     }
     for name, text in texts.items():
-        atomic_write(paths[name], lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(paths[name], _text_writer(text))
     return paths

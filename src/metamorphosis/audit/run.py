@@ -10,11 +10,11 @@ on the same machine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -76,19 +76,23 @@ def load_audit_data(
     transform = ImageTransform.from_dict(record["transform"])
     producer = load_producer(run_dir).to(device)
     names = [spec.name for spec in config.all_labels]
-    common = {
-        "names": names,
-        "mean": transform.mean,
-        "std": transform.std,
-        "seed": seed,
-        "device": device,
-        "progress": progress,
-    }
-    train = extract_features(
-        producer, data.train, limit=budget.train_items, description="train features", **common
-    )
-    test = extract_features(
-        producer, data.test, limit=budget.test_items, description="test features", **common
+    train, test = (
+        extract_features(
+            producer,
+            split,
+            names=names,
+            mean=transform.mean,
+            std=transform.std,
+            limit=limit,
+            seed=seed,
+            device=device,
+            progress=progress,
+            description=f"{name} features",
+        )
+        for name, split, limit in (
+            ("train", data.train, budget.train_items),
+            ("test", data.test, budget.test_items),
+        )
     )
     return train, test
 
@@ -133,7 +137,7 @@ def run_audit(
     device: str = "auto",
     seed: int = 0,
     sweeps: Sequence[str] = (),
-    sweep_values: dict[str, Sequence[float]] | None = None,
+    sweep_values: Mapping[str, Sequence[float]] | None = None,
     progress: bool = True,
     log: Log = lambda _: None,
 ) -> dict[str, Any]:
@@ -206,6 +210,12 @@ def run_audit(
     return report
 
 
+class _AttackOptions(TypedDict):
+    budget: AttackBudget
+    device: torch.device
+    seed: int
+
+
 class _Audit:
     """The measurements of one audit over features already extracted."""
 
@@ -229,6 +239,10 @@ class _Audit:
         self.hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
         self.budget, self.device, self.seed, self.progress = budget, device, seed, progress
 
+    @property
+    def _attack(self) -> _AttackOptions:
+        return {"budget": self.budget, "device": self.device, "seed": self.seed}
+
     def majority(self) -> dict[str, float | None]:
         return {
             spec.name: attribute.majority_rate(
@@ -239,11 +253,10 @@ class _Audit:
 
     def measure(self, stage: _Stages, out_dir: Path) -> dict[str, Any]:
         """Every attack and measurement, with its figure written to ``out_dir``."""
-        attack = {"budget": self.budget, "device": self.device, "seed": self.seed}
         sources = [ENCODER_SOURCE, *self.tasks]  # what an attacker can hold
         with stage("swap (kept heads)"):
             kept = swap.kept_head_swap(
-                load_heads(self.run_dir), self.labels, self.test, device=self.device
+                dict(load_heads(self.run_dir)), self.labels, self.test, device=self.device
             )
         with stage("swap (retrained attackers)"):
             retrained = swap.retrained_swap(
@@ -253,11 +266,11 @@ class _Audit:
                 self.test,
                 sources=sources,
                 progress=self.progress,
-                **attack,
+                **self._attack,
             )
         with stage("attribute inference"):
             rows = attribute.attribute_inference(
-                retrained, self.tasks, self.private, self.train, self.test, **attack
+                retrained, self.tasks, self.private, self.train, self.test, **self._attack
             )
         with stage("reconstruction"):
             recon = reconstruction.reconstruction_attack(
@@ -266,12 +279,12 @@ class _Audit:
                 sources=sources,
                 width=self.budget.decoder_width,
                 progress=self.progress,
-                **attack,
+                **self._attack,
             )
         with stage("t-SNE"):
             embedding, similarity = self._compare_modules(out_dir)
         with stage("producer cost"):
-            cost = producer_cost(load_producer(self.run_dir), load_heads(self.run_dir))
+            cost = producer_cost(load_producer(self.run_dir), dict(load_heads(self.run_dir)))
         swaps = {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()}
         plot_swap(swaps, out_dir / "swap_matrix.png")
         plot_attribute([r.to_dict() for r in rows], out_dir / "attribute_inference.png")
