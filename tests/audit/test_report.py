@@ -140,3 +140,28 @@ def test_a_single_task_run_without_private_attributes_is_audited(tmp_path):
     assert list(report["swap"]["retrained"]["matrix"]) == ["encoder", "shape"]
     markdown = (tmp_path / "run" / "audit" / "report.md").read_text()
     assert "## Reconstruction attack" in markdown and "t-SNE" not in markdown
+
+
+def test_dense_tasks_are_audited_with_their_own_metrics(tmp_path):
+    """Segmentation and depth: mIoU and abs error in the matrices, no majority rate."""
+    from metamorphosis.audit.run import run_audit
+    from metamorphosis.config import config_from_dict
+    from metamorphosis.experiment import train_run
+    from tiny import tiny_config_dict
+
+    raw = tiny_config_dict("task", epochs=1)
+    raw["data"].update(image_size=32, num_samples=64)
+    raw["model"] = {"encoder": "test_segnet", "split_index": 2, "module": "cross-sec"}
+    raw["tasks"] = [
+        {"name": "seg", "column": "seg", "kind": "segmentation"},
+        {"name": "depth", "column": "depth", "kind": "depth"},
+    ]
+    raw["private_attributes"] = []
+    train_run(config_from_dict(raw), tmp_path / "run", progress=False)
+    report = run_audit(tmp_path / "run", budget="quick", device="cpu", progress=False)
+    retrained = report["swap"]["retrained"]
+    assert retrained["metric"]["seg"] == {"name": "miou", "higher_is_better": True}
+    assert retrained["metric"]["depth"] == {"name": "abs_err", "higher_is_better": False}
+    assert report["majority"] == {"seg": None, "depth": None}
+    assert report["tsne"]["color_label"] is None
+    assert "seg" in (tmp_path / "run" / "audit" / "report.md").read_text()

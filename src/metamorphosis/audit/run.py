@@ -303,7 +303,8 @@ class _Audit:
         names = [spec.name for spec in self.labels]
         if len(names) < 2:
             return None, {}
-        color = self.private[0].name if self.private else self.tasks[0]
+        classes = [s.name for s in (*self.private, *self.labels) if not s.is_dense]
+        color = classes[0] if classes else None  # t-SNE points take one class per item
         embedding = tsne.tsne_embedding(
             self.test, names, items=self.budget.tsne_items, seed=self.seed, color_label=color
         )
