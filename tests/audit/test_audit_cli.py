@@ -63,3 +63,8 @@ def test_audit_rejects_bad_sweep_arguments(tiny_run):
     _assert_one_line_error(result, "--values")
     result = runner.invoke(app, ["audit", str(tiny_run), "--quick", "--sweep", "lr"])
     _assert_one_line_error(result, "sweep 'lr' is unknown")
+
+
+def test_audit_rejects_an_unknown_device(tiny_run):
+    result = runner.invoke(app, ["audit", str(tiny_run), "--quick", "--device", "gpu"])
+    _assert_one_line_error(result, "device 'gpu' is invalid")

@@ -21,7 +21,7 @@ import torch
 from ..config import Config, config_from_dict
 from ..data import build_datasets
 from ..data.transforms import ImageTransform
-from ..errors import RunDirError
+from ..errors import ConfigError, RunDirError
 from ..models.producer import build_network
 from ..rundir import load_heads, load_producer, read_run_json
 from . import attribute, reconstruction, swap, tsne
@@ -49,10 +49,17 @@ ASSUMPTIONS = {
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; anything else is passed to torch."""
+    """``auto`` picks CUDA when present; ``cpu``, ``cuda`` and ``cuda:N`` are taken as asked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name != "cpu" and not (name == "cuda" or name.startswith("cuda:")):
+        raise ConfigError(f"device {name!r} is invalid: expected auto, cpu, cuda or cuda:N")
+    if name != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r} is invalid: {exc}") from None
 
 
 def load_audit_data(
@@ -97,7 +104,7 @@ def load_audit_data(
     return train, test
 
 
-def _run_summary(run_dir: Path, record: dict[str, Any], config: Config) -> dict[str, Any]:
+def _run_summary(record: dict[str, Any], config: Config) -> dict[str, Any]:
     privacy = record["privacy"]
     return {
         "dataset": config.data.name,
@@ -181,7 +188,7 @@ def run_audit(
         "version": REPORT_VERSION,
         "run_dir": str(run_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run": _run_summary(run_dir, record, config),
+        "run": _run_summary(record, config),
         "budget": budget.to_dict(),
         "seed": seed,
         "device": str(torch_device),
