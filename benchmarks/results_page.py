@@ -302,8 +302,8 @@ def demo() -> list[str]:
         "",
         "`metamorphosis demo` (generated 32×32 scenes, half-width ResNet-18 split 5, mode "
         "`both`, target ε = 8; the private attribute is the background tone), audited with the "
-        "full budget and retrained for each sweep point, all on one H100 (3 min of wall time; `cpu` works too, "
-        "far more slowly on 2 cores):",
+        "full budget and retrained for each sweep point, all on one H100 (3 min of wall "
+        "time; `cpu` works too, far more slowly on 2 cores):",
         "",
         "```bash",
         "bash benchmarks/demo_sweeps.sh cuda runs/demo",
