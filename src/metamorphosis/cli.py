@@ -208,6 +208,177 @@ def audit(
     typer.echo(f"report: {run_dir / AUDIT_DIR / 'report.md'} (and report.html, report.json)")
 
 
+def _require_serve_extra() -> None:
+    """The service's packages come with the ``serve`` extra; say so instead of a traceback."""
+    import importlib.util
+
+    missing = [
+        name
+        for name in ("fastapi", "uvicorn", "httpx", "prometheus_client", "zstandard")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise MetaMorphosisError(
+            f"the service needs {', '.join(missing)}: pip install -e '.[serve]'"
+        )
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run dir.")],
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    source: Annotated[
+        str, typer.Option(help="The inputs: train, val or test (the run's split) or a folder.")
+    ] = "test",
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder, overriding the run's data.root.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="Allow plaintext HTTP on a non-loopback address.")
+    ] = False,
+    max_concurrency: Annotated[int, typer.Option(help="Requests in flight; more get 503.")] = 8,
+    max_ids: Annotated[int, typer.Option(help="Most items per feature request.")] = 256,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body; larger ones get 413.")
+    ] = 64 * 2**20,
+) -> None:
+    """Publish each task's features of the producer's inputs to that task's key holders."""
+    try:
+        _require_serve_extra()
+        from .serve.server import build_service, check_bind, serve_forever
+
+        if (ssl_certfile is None) != (ssl_keyfile is None):
+            raise MetaMorphosisError("give both --ssl-certfile and --ssl-keyfile, or neither")
+        check_bind(host, tls=ssl_certfile is not None, insecure=insecure)
+        service = build_service(run_dir, source=source, data_root=data_root, max_ids=max_ids)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    scheme = "https" if ssl_certfile else "http"
+    typer.echo(f"serving {', '.join(service.tasks)} on {scheme}://{host}:{port}", err=True)
+    serve_forever(
+        service,
+        host=host,
+        port=port,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
+        metrics_port=metrics_port,
+        max_concurrency=max_concurrency,
+        max_body_bytes=max_body_bytes,
+    )
+
+
+keys_app = typer.Typer(no_args_is_help=True, help="Consumer keys of a run (one task each).")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("issue")
+def keys_issue(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    task: Annotated[str, typer.Option(help="The public task the key may read.")],
+    ttl: Annotated[float | None, typer.Option(help="Seconds until the key expires.")] = None,
+) -> None:
+    """Issue a key for one task; the secret is printed once and stored only hashed."""
+    try:
+        _require_serve_extra()
+        from .serve.server import key_store
+
+        tasks = read_tasks(run_dir)
+        if task not in tasks:
+            raise MetaMorphosisError(f"task {task!r} is not a public task of this run: {tasks}")
+        issued = key_store(run_dir).issue(task, ttl=ttl)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    typer.echo(f"key id: {issued.record.key_id}  task: {task}", err=True)
+    typer.echo("secret (shown once, store it now):", err=True)
+    typer.echo(issued.secret)
+
+
+@keys_app.command("list")
+def keys_list(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> None:
+    """Key ids, tasks, expiry and status (never secrets)."""
+    import time as _time
+
+    try:
+        _require_serve_extra()
+        from .serve.server import key_store
+
+        records = key_store(run_dir).list()
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    now = _time.time()
+    typer.echo(f"{'key id':<14}{'task':<16}{'status':<10}expires")
+    for record in records:
+        expires = "never" if record.expires_at is None else _time.ctime(record.expires_at)
+        typer.echo(f"{record.key_id:<14}{record.task:<16}{record.status(now):<10}{expires}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")],
+    key_id: Annotated[str, typer.Argument(metavar="KEY_ID")],
+) -> None:
+    """Revoke a key; a running server refuses it from its next request on."""
+    try:
+        _require_serve_extra()
+        from .serve.server import key_store
+
+        key_store(run_dir).revoke(key_id)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    typer.echo(f"revoked {key_id}")
+
+
+def read_tasks(run_dir: Path) -> list[str]:
+    from .rundir import read_run_json
+
+    return list(read_run_json(run_dir)["tasks"])
+
+
+@app.command()
+def consume(
+    url: Annotated[str, typer.Argument(help="The producer service's base URL.")],
+    task: Annotated[str, typer.Option(help="The subscribed task.")],
+    key: Annotated[str, typer.Option(envvar="METAMORPHOSIS_KEY", help="The task's key.")],
+    out: Annotated[Path, typer.Option(help="Safetensors file to write (features + ids).")],
+    limit: Annotated[int, typer.Option(help="Items to fetch, from the first.")] = 64,
+    encoding: Annotated[str, typer.Option(help="float32, float16 or int8.")] = "float32",
+) -> None:
+    """Fetch the first LIMIT items' features of TASK into a safetensors file."""
+    import json as _json
+
+    import torch
+    from safetensors.torch import save_file
+
+    try:
+        _require_serve_extra()
+        from .serve.client import ConsumerClient
+
+        with ConsumerClient(url, task=task, key=key) as client:
+            chunks, ids = [], []
+            offset = 0
+            while offset < limit:
+                page = client.items(offset=offset, limit=min(64, limit - offset))["ids"]
+                if not page:
+                    break
+                features, answered = client.features(page, encoding=encoding)
+                chunks.append(features)
+                ids += answered
+                offset += len(page)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    if not chunks:
+        _fail(MetaMorphosisError(f"the service has no items for task {task!r}"))
+    tensor = torch.cat(chunks)
+    save_file({"features": tensor}, str(out), metadata={"ids": _json.dumps(ids), "task": task})
+    typer.echo(f"{len(ids)} items, features {list(tensor.shape)} -> {out}")
+
+
 def main() -> None:
     """Console entry point."""
     try:

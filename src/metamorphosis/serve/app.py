@@ -1,0 +1,179 @@
+"""FastAPI adapter of :class:`~.service.ProducerService` (CONTRACT: producer service).
+
+The only place that knows HTTP: routes, status codes (mapped from the
+service's errors in :func:`_error_response`), the request size and
+concurrency limits, the structured access log and the Prometheus metrics.
+Secrets never reach the log: it records the key id, not the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ..data import UnknownItemError
+from .codec import MEDIA_TYPE, CodecError
+from .keys import AuthError
+from .service import Forbidden, ProducerService, RequestError
+
+__all__ = ["create_app", "ACCESS_LOG"]
+
+ACCESS_LOG = "metamorphosis.access"
+_log = logging.getLogger(ACCESS_LOG)
+
+
+def _error_response(exc: Exception) -> JSONResponse | None:
+    """The one mapping from service errors to HTTP answers (None: not ours)."""
+    if isinstance(exc, AuthError):  # one answer for every reason: nothing to probe
+        return JSONResponse(
+            {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+    if isinstance(exc, Forbidden):
+        return JSONResponse({"error": "forbidden"}, status_code=403)
+    if isinstance(exc, UnknownItemError):
+        return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
+    if isinstance(exc, (RequestError, CodecError)):
+        return JSONResponse({"error": "invalid request", "detail": str(exc)}, status_code=422)
+    return None
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "metamorphosis_requests_total",
+            "HTTP requests by route and status.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "metamorphosis_request_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.feature_bytes = Counter(
+            "metamorphosis_feature_bytes_total",
+            "Feature bytes served by task.",
+            ["task"],
+            registry=self.registry,
+        )
+
+
+def create_app(
+    service: ProducerService, *, max_body_bytes: int = 64 * 2**20, max_concurrency: int = 8
+) -> FastAPI:
+    """The ASGI app serving ``service``; ``app.state.metrics.registry`` holds its metrics."""
+    app = FastAPI(title="metamorphosis producer", version="1")
+    metrics = _Metrics()
+    app.state.metrics = metrics
+    slots = asyncio.Semaphore(max_concurrency)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
+        started = time.perf_counter()
+        route = _route_of(request)
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            response: Response = JSONResponse({"error": "body too large"}, status_code=413)
+        elif slots.locked():
+            response = JSONResponse({"error": "busy"}, status_code=503)
+        else:
+            async with slots:
+                response = await call_next(request)
+        seconds = time.perf_counter() - started
+        metrics.requests.labels(route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(seconds)
+        _access_log(request, response.status_code, seconds)
+        return response
+
+    @app.exception_handler(Exception)
+    async def _errors(request: Request, exc: Exception) -> Response:
+        mapped = _error_response(exc)
+        if mapped is None:
+            _log.exception("unhandled error on %s", request.url.path)
+            return JSONResponse({"error": "internal error"}, status_code=500)
+        return mapped
+
+    for error in (AuthError, Forbidden, UnknownItemError, RequestError, CodecError):
+        app.add_exception_handler(error, _errors)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> dict[str, str]:
+        return {"status": "ready"}
+
+    @app.get("/v1/tasks/{task}/schema")
+    def schema(request: Request, task: str, authorization: str | None = Header(None)):
+        request.state.key_id = service.authorize(authorization, task).key_id
+        return service.schema(task)
+
+    @app.get("/v1/tasks/{task}/items")
+    def items(
+        request: Request,
+        task: str,
+        offset: int = Query(0),
+        limit: int = Query(100),
+        authorization: str | None = Header(None),
+    ) -> dict[str, Any]:
+        request.state.key_id = service.authorize(authorization, task).key_id
+        return service.item_ids(offset, limit)
+
+    @app.get(
+        "/v1/tasks/{task}/features",
+        response_class=Response,
+        responses={200: {"content": {MEDIA_TYPE: {}}}},
+    )
+    def features(
+        request: Request,
+        task: str,
+        ids: str = Query(..., description="comma-separated item ids"),
+        encoding: str = Query("float32"),
+        compression: str = Query("none"),
+        authorization: str | None = Header(None),
+    ) -> Response:
+        request.state.key_id = service.authorize(authorization, task).key_id
+        wanted = [i for i in ids.split(",") if i]
+        body = service.features(task, wanted, encoding=encoding, compression=compression)
+        metrics.feature_bytes.labels(task).inc(len(body))
+        return Response(body, media_type=MEDIA_TYPE)
+
+    return app
+
+
+_TASK_ROUTES = ("schema", "items", "features")
+
+
+def _route_of(request: Request) -> str:
+    """The route template (``/v1/tasks/{task}/features``) or ``other``: bounded labels."""
+    path = request.url.path
+    if path in ("/healthz", "/readyz"):
+        return path
+    parts = path.split("/")
+    if len(parts) == 5 and parts[1:3] == ["v1", "tasks"] and parts[4] in _TASK_ROUTES:
+        return f"/v1/tasks/{{task}}/{parts[4]}"
+    return "other"
+
+
+def _access_log(request: Request, status: int, seconds: float) -> None:
+    """One JSON line per request: no headers, no query values, never a secret."""
+    record = {
+        "method": request.method,
+        "path": request.url.path,
+        "status": status,
+        "ms": round(1000 * seconds, 2),
+        "key_id": getattr(request.state, "key_id", None),
+        "client": request.client.host if request.client else None,
+    }
+    _log.info(json.dumps(record))

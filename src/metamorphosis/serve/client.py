@@ -1,0 +1,117 @@
+"""Consumer SDK: fetch one task's features from a producer service.
+
+    from metamorphosis.serve.client import ConsumerClient
+    with ConsumerClient("http://127.0.0.1:8000", task="smile", key=secret) as client:
+        ids = client.items(limit=32)["ids"]
+        features, ids = client.features(ids)          # N×C×H×W float32
+        for features, ids in client.iter_features(batch_size=64):
+            ...
+
+Bodies are decoded with :func:`~.codec.decode_tensors` (safetensors, never
+pickle). HTTP errors become :class:`ServiceError` carrying the status code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import httpx
+from torch import Tensor
+
+from ..errors import MetaMorphosisError
+from .codec import decode_tensors
+
+__all__ = ["ConsumerClient", "ServiceError"]
+
+
+class ServiceError(MetaMorphosisError):
+    """The service refused a request (``status`` = HTTP status) or was unreachable (0)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class ConsumerClient:
+    """A consumer of one task, holding that task's key.
+
+    Args:
+        url: the service's base URL.
+        task: the subscribed task.
+        key: the consumer key (``mmk_…``), sent as a bearer token.
+        timeout: seconds per request.
+        verify: TLS verification (a CA bundle path, or False for tests only).
+    """
+
+    def __init__(
+        self, url: str, *, task: str, key: str, timeout: float = 30.0, verify: bool | str = True
+    ) -> None:
+        self.task = task
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout,
+            verify=verify,
+        )
+
+    def __enter__(self) -> ConsumerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def schema(self) -> dict[str, Any]:
+        return self._get_json(f"/v1/tasks/{self.task}/schema")
+
+    def items(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        return self._get_json(
+            f"/v1/tasks/{self.task}/items", params={"offset": offset, "limit": limit}
+        )
+
+    def features(
+        self, ids: Sequence[str], *, encoding: str = "float32", compression: str = "none"
+    ) -> tuple[Tensor, list[str]]:
+        """Features of ``ids`` (float32, dequantised) and the ids the producer answered for."""
+        response = self._get(
+            f"/v1/tasks/{self.task}/features",
+            params={"ids": ",".join(ids), "encoding": encoding, "compression": compression},
+        )
+        tensors, metadata = decode_tensors(response.content, compression=compression)
+        return tensors["features"], json.loads(metadata["ids"])
+
+    def iter_features(
+        self, *, batch_size: int = 64, encoding: str = "float32", compression: str = "none"
+    ) -> Iterator[tuple[Tensor, list[str]]]:
+        """Every item's features, ``batch_size`` at a time, in the producer's order."""
+        offset = 0
+        while True:
+            page = self.items(offset=offset, limit=batch_size)
+            if not page["ids"]:
+                return
+            yield self.features(page["ids"], encoding=encoding, compression=compression)
+            offset += len(page["ids"])
+
+    def _get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._get(path, params).json()
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as exc:  # refused, timed out, TLS failure: status 0
+            raise ServiceError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+        self._raise_for(response)
+        return response
+
+    @staticmethod
+    def _raise_for(response: httpx.Response) -> None:
+        if response.status_code >= 400:
+            try:
+                detail = response.json()
+            except ValueError:
+                detail = response.text[:200]
+            raise ServiceError(response.status_code, str(detail))
