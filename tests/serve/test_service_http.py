@@ -192,3 +192,37 @@ def test_no_pickle_or_torch_load_on_the_network_path():
         assert _unsafe_uses(ast.parse(source.read_text())) == [], source.name
     # the scan itself finds what it looks for
     assert _unsafe_uses(ast.parse("import pickle\nx = torch.load(f)")) == ["pickle", "torch.load"]
+
+
+def _stream(server, task, key, **params):
+    """Every message of the stream, and the close code."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    url = server.url.replace("http://", "ws://") + f"/v1/tasks/{task}/stream?{query}"
+    messages = []
+    with connect(url, additional_headers={"Authorization": f"Bearer {key}"}) as socket:
+        try:
+            while True:
+                messages.append(socket.recv(timeout=30))
+        except ConnectionClosed:
+            return messages, socket.close_code
+
+
+def test_the_stream_sends_every_item_in_batches(server):
+    messages, code = _stream(server, "shape", server.keys["shape"], batch_size=5)
+    assert code == 1000
+    batches = [decode_tensors(m) for m in messages]
+    ids = [i for _, metadata in batches for i in json.loads(metadata["ids"])]
+    with ConsumerClient(server.url, task="shape", key=server.keys["shape"]) as client:
+        assert ids == client.items(limit=1000)["ids"]
+        first, _ = client.features(ids[:5])
+    assert [t["features"].shape[0] for t, _ in batches][:2] == [5, 5]
+    assert torch.equal(batches[0][0]["features"], first)
+
+
+def test_the_stream_refuses_bad_keys_and_other_tasks(server):
+    assert _stream(server, "shape", "mmk_0123456789ab_" + "y" * 43) == ([], 4401)
+    assert _stream(server, "large", server.keys["shape"]) == ([], 4403)
+    assert _stream(server, "shape", server.keys["shape"], batch_size=999) == ([], 4422)

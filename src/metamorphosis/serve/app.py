@@ -15,7 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Query, Request, WebSocket
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -24,9 +25,17 @@ from .codec import MEDIA_TYPE, CodecError
 from .keys import AuthError
 from .service import Forbidden, ProducerService, RequestError
 
-__all__ = ["create_app", "ACCESS_LOG"]
+__all__ = [
+    "create_app",
+    "ACCESS_LOG",
+    "WS_UNAUTHORIZED",
+    "WS_FORBIDDEN",
+    "WS_INVALID",
+]
 
 ACCESS_LOG = "metamorphosis.access"
+#: WebSocket close codes of the stream (4000-4999 is the application range).
+WS_UNAUTHORIZED, WS_FORBIDDEN, WS_INVALID = 4401, 4403, 4422
 _log = logging.getLogger(ACCESS_LOG)
 
 
@@ -148,6 +157,44 @@ def create_app(
         body = service.features(task, wanted, encoding=encoding, compression=compression)
         metrics.feature_bytes.labels(task).inc(len(body))
         return Response(body, media_type=MEDIA_TYPE)
+
+    @app.websocket("/v1/tasks/{task}/stream")
+    async def stream(
+        websocket: WebSocket,
+        task: str,
+        batch_size: int = 16,
+        encoding: str = "float32",
+        compression: str = "none",
+    ) -> None:
+        """One safetensors message per batch of items, in order; then a normal close."""
+        await websocket.accept()
+        try:
+            record = service.authorize(websocket.headers.get("authorization"), task)
+            batches = service.id_batches(batch_size)
+        except AuthError:
+            await websocket.close(code=WS_UNAUTHORIZED)
+            return
+        except Forbidden:
+            await websocket.close(code=WS_FORBIDDEN)
+            return
+        except RequestError as exc:
+            await websocket.close(code=WS_INVALID, reason=str(exc)[:120])
+            return
+        started = time.perf_counter()
+        for ids in batches:
+            try:
+                body = await run_in_threadpool(
+                    service.features, task, ids, encoding=encoding, compression=compression
+                )
+            except (RequestError, CodecError) as exc:
+                await websocket.close(code=WS_INVALID, reason=str(exc)[:120])
+                return
+            metrics.feature_bytes.labels(task).inc(len(body))
+            await websocket.send_bytes(body)
+        await websocket.close()
+        seconds = time.perf_counter() - started
+        entry = {"stream": task, "key_id": record.key_id, "batches": len(batches)}
+        _log.info(json.dumps({**entry, "ms": round(1000 * seconds, 2)}))
 
     return app
 

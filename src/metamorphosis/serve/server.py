@@ -12,11 +12,18 @@ import sys
 from pathlib import Path
 
 from ..config import config_from_dict
-from ..data import build_datasets
+from ..data import ImageTransform, build_datasets
 from ..errors import ConfigError
 from ..rundir import load_producer, read_run_json
 from .keys import KeyStore
-from .service import DatasetSource, FeatureSource, FolderSource, ProducerService
+from .service import (
+    VIDEO_SUFFIXES,
+    DatasetSource,
+    FeatureSource,
+    FolderSource,
+    ProducerService,
+    VideoSource,
+)
 
 __all__ = ["KEYS_FILE", "SPLITS", "build_service", "check_bind", "key_store", "serve_forever"]
 
@@ -38,12 +45,15 @@ def _source(run_dir: Path, source: str, data_root: str | Path | None) -> Feature
             config.data, config.all_labels, seed=config.train.seed, root=data_root
         )
         return DatasetSource(getattr(data, source))
-    folder = Path(source)
-    if folder.is_dir():
-        return FolderSource(folder, load_producer(run_dir).preprocess)
+    path = Path(source)
+    if path.is_dir():
+        return FolderSource(path, load_producer(run_dir).preprocess)
+    if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+        transform = ImageTransform.from_dict(read_run_json(run_dir)["transform"])
+        return VideoSource(path, transform)
     raise ConfigError(
         f"--source {source!r} is invalid: expected one of {list(SPLITS)} (a split of the "
-        "run's dataset) or an image folder"
+        f"run's dataset), an image folder or a video file ({', '.join(VIDEO_SUFFIXES)})"
     )
 
 

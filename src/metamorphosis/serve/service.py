@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ..data import UnknownItemError
+from ..data import ImageTransform, UnknownItemError
 from ..errors import DataError, MetaMorphosisError
 from ..models.producer import Producer
 from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, encode_tensors
@@ -35,7 +36,9 @@ __all__ = [
     "Forbidden",
     "ProducerService",
     "RequestError",
+    "VideoSource",
     "IMAGE_SUFFIXES",
+    "VIDEO_SUFFIXES",
 ]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -104,6 +107,45 @@ class FolderSource:
             raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+class VideoSource:
+    """The frames of a video file, decoded once at start; ids are ``frame-000000`` …
+
+    Frames are kept resized to the producer's input size as ``uint8`` (a few
+    KB each), so ``max_frames`` bounds the memory; the producer's own
+    transform normalises them per request, exactly as in training.
+    """
+
+    def __init__(self, path: str | Path, transform: ImageTransform, *, max_frames: int = 10_000):
+        import av  # the 'serve' extra; only needed for video sources
+
+        self.path = Path(path)
+        self._transform = transform
+        self._frames: dict[str, np.ndarray] = {}
+        try:
+            with av.open(str(self.path)) as container:
+                for index, frame in enumerate(container.decode(video=0)):
+                    if index >= max_frames:
+                        break
+                    pixels = frame.to_ndarray(format="rgb24")
+                    self._frames[f"frame-{index:06d}"] = transform.resize_array(pixels)
+        except (av.error.FFmpegError, OSError) as exc:
+            raise DataError(f"cannot decode video {self.path}: {exc}") from exc
+        if not self._frames:
+            raise DataError(f"video {self.path} has no frames")
+
+    def ids(self) -> list[str]:
+        return list(self._frames)
+
+    def images(self, ids: Sequence[str]) -> Tensor:
+        missing = [i for i in ids if i not in self._frames]
+        if missing:
+            raise UnknownItemError(f"no frame {missing[0]!r} in {self.path.name}")
+        return torch.stack([self._transform.from_array(self._frames[i]) for i in ids])
+
+
 class ProducerService:
     """Per-task features of the producer's inputs, for consumers holding that task's key.
 
@@ -159,6 +201,12 @@ class ProducerService:
         if offset < 0 or not 1 <= limit <= 10_000:
             raise RequestError("offset must be >= 0 and limit in [1, 10000]")
         return {"ids": self._ids[offset : offset + limit], "total": len(self._ids)}
+
+    def id_batches(self, batch_size: int) -> list[list[str]]:
+        """Every item id in order, ``batch_size`` at a time (the stream's messages)."""
+        if not 1 <= batch_size <= self.max_ids:
+            raise RequestError(f"batch_size must be in [1, {self.max_ids}], got {batch_size}")
+        return [self._ids[i : i + batch_size] for i in range(0, len(self._ids), batch_size)]
 
     def features(
         self, task: str, ids: Sequence[str], *, encoding: str = "float32", compression: str = "none"
