@@ -348,9 +348,10 @@ def page() -> str:
         "",
     ]
     lines += celeba() + statefarm() + demo() + producer_costs()
-    step_cost = RESULTS / "step_cost.md"
-    if step_cost.is_file():
-        lines += [step_cost.read_text().rstrip(), ""]
+    for name in ("step_cost.md", "serve_bench.md"):  # benchmark outputs kept verbatim
+        kept = RESULTS / name
+        if kept.is_file():
+            lines += [kept.read_text().rstrip(), ""]
     return "\n".join(lines)
 
 
