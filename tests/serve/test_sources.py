@@ -77,3 +77,16 @@ def test_an_image_folder_is_served_by_relative_path(tmp_path):
     source = FolderSource(tmp_path, ImageTransform(8))
     assert source.ids() == ["a.jpg", "sub/b.png"]
     assert source.images(["sub/b.png"]).shape == (1, 3, 8, 8)
+
+
+def test_a_corrupt_key_file_is_503_not_a_crash(served_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(served_run, copy)
+    secret = key_store(copy).issue("shape").secret
+    client = TestClient(create_app(build_service(copy)))
+    (copy / "keys.json").write_text("{not json")
+    headers = {"Authorization": f"Bearer {secret}"}
+    response = client.get("/v1/tasks/shape/schema", headers=headers)
+    assert response.status_code == 503 and response.json() == {"error": "key store unavailable"}

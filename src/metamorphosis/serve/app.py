@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..data import UnknownItemError
 from .codec import MEDIA_TYPE, CodecError
-from .keys import AuthError
+from .keys import AuthError, KeyFileError
 from .service import Forbidden, ProducerService, RequestError
 
 __all__ = [
@@ -51,6 +51,9 @@ def _error_response(exc: Exception) -> JSONResponse | None:
         return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
     if isinstance(exc, (RequestError, CodecError)):
         return JSONResponse({"error": "invalid request", "detail": str(exc)}, status_code=422)
+    if isinstance(exc, KeyFileError):  # the operator's problem: logged, no detail to the client
+        _log.error("key store unreadable: %s", exc)
+        return JSONResponse({"error": "key store unavailable"}, status_code=503)
     return None
 
 
@@ -112,7 +115,7 @@ def create_app(
             return JSONResponse({"error": "internal error"}, status_code=500)
         return mapped
 
-    for error in (AuthError, Forbidden, UnknownItemError, RequestError, CodecError):
+    for error in (AuthError, Forbidden, UnknownItemError, RequestError, CodecError, KeyFileError):
         app.add_exception_handler(error, _errors)
 
     @app.get("/healthz")
