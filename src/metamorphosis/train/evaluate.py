@@ -23,7 +23,7 @@ __all__ = ["evaluate"]
 @torch.no_grad()
 def evaluate(
     producer: nn.Module,
-    heads: Mapping[str, nn.Module],
+    heads: Mapping[str, nn.Module] | nn.ModuleDict,
     labels: Sequence[LabelSpec],
     loader: DataLoader,
     device: torch.device,

@@ -22,10 +22,10 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from opacus import GradSampleModule
@@ -126,6 +126,11 @@ class _NonEmptyBatches(Sampler[list[int]]):
         return (list(batch) for batch in self.sampler if len(batch) > 0)
 
 
+def _size(dataset: Dataset) -> int:
+    """Our splits all have a length; torch's ``Dataset`` type does not promise one."""
+    return len(cast(Sized, dataset))
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -182,15 +187,15 @@ class Trainer:
             for spec in config.all_labels
         }
         self.phases = plan_phases(config)
-        self.batch_size = min(config.train.batch_size, len(data.train))
-        self.sample_rate = self.batch_size / len(data.train)
+        self.batch_size = min(config.train.batch_size, _size(data.train))
+        self.sample_rate = self.batch_size / _size(data.train)
         self.noise_multiplier = self._noise_multiplier()
         self._epsilon_cache: dict[tuple[int, ...], float | None] = {}
 
     # -- planning -----------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
-        steps = -(-len(self.data.train) // self.batch_size)
+        steps = -(-_size(self.data.train) // self.batch_size)
         cap = self.config.train.max_steps_per_epoch
         return min(steps, cap) if cap else steps
 
@@ -216,7 +221,7 @@ class Trainer:
         workers = self.config.train.num_workers
         if dp:
             sampler = UniformWithReplacementSampler(
-                num_samples=len(dataset),
+                num_samples=_size(dataset),
                 sample_rate=self.sample_rate,
                 generator=generator,
                 steps=self.steps_per_epoch,
@@ -226,7 +231,7 @@ class Trainer:
             dataset,
             batch_size=self.batch_size,
             num_workers=workers,
-            sampler=RandomSampler(dataset, generator=generator),
+            sampler=RandomSampler(cast(Sized, dataset), generator=generator),
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
