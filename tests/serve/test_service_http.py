@@ -226,3 +226,24 @@ def test_the_stream_refuses_bad_keys_and_other_tasks(server):
     assert _stream(server, "shape", "mmk_0123456789ab_" + "y" * 43) == ([], 4401)
     assert _stream(server, "large", server.keys["shape"]) == ([], 4403)
     assert _stream(server, "shape", server.keys["shape"], batch_size=999) == ([], 4422)
+
+
+def test_the_async_client_fetches_two_tasks_concurrently(server):
+    import asyncio
+
+    from metamorphosis.serve.client import AsyncConsumerClient
+
+    async def fetch(task):
+        async with AsyncConsumerClient(server.url, task=task, key=server.keys[task]) as client:
+            ids = (await client.items(limit=3))["ids"]
+            return await client.features(ids), (await client.schema())["shape"]
+
+    async def both():
+        return await asyncio.gather(fetch("shape"), fetch("large"))
+
+    for (features, ids), shape in asyncio.run(both()):
+        assert len(ids) == 3 and list(features.shape) == [3, *shape]
+    unreachable = AsyncConsumerClient("http://127.0.0.1:9", task="shape", key="k")
+    with pytest.raises(ServiceError) as caught:
+        asyncio.run(unreachable.schema())
+    assert caught.value.status == 0

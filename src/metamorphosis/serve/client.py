@@ -23,7 +23,7 @@ from torch import Tensor
 from ..errors import MetaMorphosisError
 from .codec import decode_tensors
 
-__all__ = ["ConsumerClient", "ServiceError"]
+__all__ = ["AsyncConsumerClient", "ConsumerClient", "ServiceError"]
 
 
 class ServiceError(MetaMorphosisError):
@@ -115,3 +115,55 @@ class ConsumerClient:
             except ValueError:
                 detail = response.text[:200]
             raise ServiceError(response.status_code, str(detail))
+
+
+class AsyncConsumerClient:
+    """The asyncio twin of :class:`ConsumerClient` (same arguments, awaitable methods).
+
+    Useful when one consumer process fetches several tasks' streams, or
+    overlaps fetching with its own model's work.
+    """
+
+    def __init__(
+        self, url: str, *, task: str, key: str, timeout: float = 30.0, verify: bool | str = True
+    ) -> None:
+        self.task = task
+        self._http = httpx.AsyncClient(
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=timeout,
+            verify=verify,
+        )
+
+    async def __aenter__(self) -> AsyncConsumerClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def schema(self) -> dict[str, Any]:
+        return (await self._get(f"/v1/tasks/{self.task}/schema")).json()
+
+    async def items(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+        params = {"offset": offset, "limit": limit}
+        return (await self._get(f"/v1/tasks/{self.task}/items", params)).json()
+
+    async def features(
+        self, ids: Sequence[str], *, encoding: str = "float32", compression: str = "none"
+    ) -> tuple[Tensor, list[str]]:
+        """As :meth:`ConsumerClient.features`."""
+        params = {"ids": ",".join(ids), "encoding": encoding, "compression": compression}
+        response = await self._get(f"/v1/tasks/{self.task}/features", params)
+        tensors, metadata = decode_tensors(response.content, compression=compression)
+        return tensors["features"], json.loads(metadata["ids"])
+
+    async def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            response = await self._http.get(path, params=params)
+        except httpx.HTTPError as exc:
+            raise ServiceError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+        ConsumerClient._raise_for(response)
+        return response
