@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -129,6 +129,14 @@ def train(
         Path | None, typer.Option(help="Dataset folder, overriding data.root.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    remote: Annotated[
+        bool, typer.Option(help="Public tasks' consumers train over HTTP (`consume --train`).")
+    ] = False,
+    host: Annotated[str, typer.Option(help="With --remote: address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="With --remote: port of the training API.")] = 8100,
+    step_timeout: Annotated[
+        float, typer.Option(help="With --remote: seconds to wait for a gradient per try.")
+    ] = 60.0,
 ) -> None:
     """Train a producer and its consumer heads from a config into a run dir."""
     from .config import load_config
@@ -137,11 +145,40 @@ def train(
     try:
         config = load_config(config_path, set_ or [])
         _refuse_finished(out)
-        record = train_run(config, out, data_root=data_root, progress=not quiet)
+        if remote:
+            record = _train_remote(config, out, data_root, not quiet, host, port, step_timeout)
+        else:
+            record = train_run(config, out, data_root=data_root, progress=not quiet)
     except MetaMorphosisError as exc:
         _fail(exc)
     typer.echo(summary_table(record))
     typer.echo(f"run dir: {out}")
+
+
+def _train_remote(config, out: Path, data_root, progress: bool, host, port, step_timeout):
+    """Serve the training routes while training; print a key per task that has none."""
+    _require_serve_extra()
+    import time as _time
+
+    from .experiment import train_run
+    from .serve.keys import KeyStore
+    from .serve.server import KEYS_FILE, check_bind
+    from .serve.training import TrainingServer
+    from .train.remote import TrainingHub
+
+    check_bind(host, tls=False, insecure=False)
+    out.mkdir(parents=True, exist_ok=True)
+    keys = KeyStore(out / KEYS_FILE)
+    now = _time.time()
+    tasks = [spec.name for spec in config.tasks]
+    covered = {r.task for r in keys.list() if r.status(now) == "active"}
+    for task in tasks:
+        if task not in covered:
+            typer.echo(f"key for {task} (shown once): {keys.issue(task).secret}", err=True)
+    hub = TrainingHub(tasks, timeout=step_timeout)
+    with TrainingServer(hub, keys, host=host, port=port) as server:
+        typer.echo(f"training API on {server.url}: waiting for consumers of {tasks}", err=True)
+        return train_run(config, out, data_root=data_root, progress=progress, remote=hub)
 
 
 def _parse_sweep_values(raw: list[str]) -> dict[str, list[float]]:
@@ -334,6 +371,38 @@ def keys_revoke(
     typer.echo(f"revoked {key_id}")
 
 
+def _consume_training(url: str, task: str, key: str, config_path: Path, data_root) -> int:
+    """A remote consumer: its head and labels from the same config as the producer's."""
+    import torch
+
+    from .config import load_config
+    from .data import LabelledImageDataset, build_datasets
+    from .serve.client import ConsumerClient
+    from .train.loop import make_optimizer
+    from .train.remote import consumer_head
+    from .train.split import Consumer
+
+    config = load_config(config_path)
+    data = build_datasets(config.data, config.all_labels, seed=config.train.seed, root=data_root)
+    config = config.with_label_classes(data.num_classes)
+    spec = next((s for s in config.tasks if s.name == task), None)
+    if spec is None:
+        raise MetaMorphosisError(f"task {task!r} is not a public task of {config_path}")
+    head = consumer_head(config, data.input_shape, task)
+    train = config.train
+    optimizer = make_optimizer(
+        train.optimizer, list(head.parameters()), train.head_lr or train.lr, train.weight_decay
+    )
+
+    train_split = cast(LabelledImageDataset, data.train)
+
+    def labels_of(ids: list[str]) -> torch.Tensor:
+        return torch.stack([train_split.get_item_by_id(i)[1][task] for i in ids])
+
+    with ConsumerClient(url, task=task, key=key) as client:
+        return client.train(Consumer(spec, head, optimizer), labels_of)
+
+
 def read_tasks(run_dir: Path) -> list[str]:
     from .rundir import read_run_json
 
@@ -348,8 +417,23 @@ def consume(
     out: Annotated[Path, typer.Option(help="Safetensors file to write (features + ids).")],
     limit: Annotated[int, typer.Option(help="Items to fetch, from the first.")] = 64,
     encoding: Annotated[str, typer.Option(help="float32, float16 or int8.")] = "float32",
+    train_config: Annotated[
+        Path | None,
+        typer.Option("--train", help="Instead: be TASK's consumer in `train --remote` of CONFIG."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="With --train: dataset folder for this consumer's labels.")
+    ] = None,
 ) -> None:
-    """Fetch the first LIMIT items' features of TASK into a safetensors file."""
+    """Fetch the first LIMIT items' features of TASK into a safetensors file (or --train)."""
+    if train_config is not None:
+        try:
+            _require_serve_extra()
+            steps = _consume_training(url, task, key, train_config, data_root)
+        except MetaMorphosisError as exc:
+            _fail(exc)
+        typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
+        return
     import json as _json
 
     import torch

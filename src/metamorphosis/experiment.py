@@ -15,6 +15,7 @@ from .data import build_datasets
 from .rundir import write_run
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.loop import Trainer
+from .train.remote import TrainingHub
 
 __all__ = ["train_run", "demo_config", "DEMO_CONFIG_PATH"]
 
@@ -32,16 +33,19 @@ def train_run(
     *,
     data_root: str | Path | None = None,
     progress: bool = True,
+    remote: TrainingHub | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into the run dir ``out`` (resuming a checkpoint there).
 
     Returns the ``run.json`` record. The checkpoint is removed once the run
-    dir is complete: the run dir then holds only the contract's files.
+    dir is complete: the run dir then holds only the contract's files. With
+    ``remote``, the heads of ``remote.tasks`` are trained by consumers in
+    other processes (see :mod:`metamorphosis.serve.training`).
     """
     labels = config.all_labels
     data = build_datasets(config.data, labels, seed=config.train.seed, root=data_root)
     config = config.with_label_classes(data.num_classes)
-    trainer = Trainer(config, data, out, progress=progress)
+    trainer = Trainer(config, data, out, progress=progress, remote=remote)
     result = trainer.fit()
     trainer.producer.cpu()  # a run dir is read on the CPU (load_producer contract)
     trainer.heads.cpu()

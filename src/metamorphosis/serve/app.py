@@ -21,11 +21,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..data import UnknownItemError
+from ..train.remote import StaleStep
 from .codec import MEDIA_TYPE, CodecError
 from .keys import AuthError, KeyFileError
 from .service import Forbidden, ProducerService, RequestError
 
 __all__ = [
+    "base_app",
     "create_app",
     "ACCESS_LOG",
     "WS_UNAUTHORIZED",
@@ -51,6 +53,8 @@ def _error_response(exc: Exception) -> JSONResponse | None:
         return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
     if isinstance(exc, (RequestError, CodecError)):
         return JSONResponse({"error": "invalid request", "detail": str(exc)}, status_code=422)
+    if isinstance(exc, StaleStep):
+        return JSONResponse({"error": "conflict", "detail": str(exc)}, status_code=409)
     if isinstance(exc, KeyFileError):  # the operator's problem: logged, no detail to the client
         _log.error("key store unreadable: %s", exc)
         return JSONResponse({"error": "key store unavailable"}, status_code=503)
@@ -80,10 +84,12 @@ class _Metrics:
         )
 
 
-def create_app(
-    service: ProducerService, *, max_body_bytes: int = 64 * 2**20, max_concurrency: int = 8
-) -> FastAPI:
-    """The ASGI app serving ``service``; ``app.state.metrics.registry`` holds its metrics."""
+def base_app(*, max_body_bytes: int, max_concurrency: int) -> FastAPI:
+    """An app with the limits, access log, metrics, error mapping and health routes.
+
+    ``app.state.metrics`` holds the metrics (its ``registry`` is what the
+    metrics port serves).
+    """
     app = FastAPI(title="metamorphosis producer", version="1")
     metrics = _Metrics()
     app.state.metrics = metrics
@@ -117,6 +123,7 @@ def create_app(
 
     for error in (AuthError, Forbidden, UnknownItemError, RequestError, CodecError, KeyFileError):
         app.add_exception_handler(error, _errors)
+    app.add_exception_handler(StaleStep, _errors)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -125,6 +132,16 @@ def create_app(
     @app.get("/readyz")
     def readyz() -> dict[str, str]:
         return {"status": "ready"}
+
+    return app
+
+
+def create_app(
+    service: ProducerService, *, max_body_bytes: int = 64 * 2**20, max_concurrency: int = 8
+) -> FastAPI:
+    """The ASGI app serving ``service``'s features (CONTRACT: producer service)."""
+    app = base_app(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+    metrics = app.state.metrics
 
     @app.get("/v1/tasks/{task}/schema")
     def schema(request: Request, task: str, authorization: str | None = Header(None)):
@@ -202,7 +219,7 @@ def create_app(
     return app
 
 
-_TASK_ROUTES = ("schema", "items", "features")
+_TASK_ROUTES = ("schema", "items", "features", "stream")
 
 
 def _route_of(request: Request) -> str:
@@ -213,6 +230,14 @@ def _route_of(request: Request) -> str:
     parts = path.split("/")
     if len(parts) == 5 and parts[1:3] == ["v1", "tasks"] and parts[4] in _TASK_ROUTES:
         return f"/v1/tasks/{{task}}/{parts[4]}"
+    if (
+        len(parts) == 6
+        and parts[1:3] == ["v1", "tasks"]
+        and parts[4:] in (["train", "next"], ["train", "head"])
+    ):
+        return f"/v1/tasks/{{task}}/train/{parts[5]}"
+    if len(parts) == 8 and parts[1:3] == ["v1", "tasks"] and parts[4:6] == ["train", "steps"]:
+        return "/v1/tasks/{task}/train/steps/{step_id}/grad" if parts[7] == "grad" else "other"
     return "other"
 
 

@@ -14,14 +14,18 @@ pickle). HTTP errors become :class:`ServiceError` carrying the status code.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import MetaMorphosisError
-from .codec import decode_tensors
+from ..train.split import Consumer
+from .codec import MEDIA_TYPE, decode_tensors, encode_tensors
+
+STATE_HEADER = "X-Training-State"  # as in .training (not imported: the client needs no server)
 
 __all__ = ["AsyncConsumerClient", "ConsumerClient", "ServiceError"]
 
@@ -95,6 +99,61 @@ class ConsumerClient:
                 return
             yield self.features(page["ids"], encoding=encoding, compression=compression)
             offset += len(page["ids"])
+
+    def train(
+        self,
+        consumer: Consumer,
+        labels_of: Callable[[list[str]], Tensor],
+        *,
+        poll: float = 0.02,
+        idle_timeout: float = 600.0,
+    ) -> int:
+        """Be this task's consumer in split-learning training until the producer finishes.
+
+        Each step: fetch the pending features, compute the loss on this
+        consumer's own labels (``labels_of(ids)``), update the head, send
+        ``d loss / d features`` back. When the producer asks for the trained
+        head (state ``finishing``) it is sent and the loop ends.
+
+        Returns:
+            The number of steps answered.
+        """
+        answered, idle_since = 0, time.monotonic()
+        while True:
+            response = self._post(f"/v1/tasks/{self.task}/train/next")
+            state = response.headers.get(STATE_HEADER, "")
+            if response.status_code == 204:
+                if state in ("finishing", "done"):
+                    if state == "finishing":
+                        self._send_head(consumer.head)
+                    return answered
+                if time.monotonic() - idle_since > idle_timeout:
+                    raise ServiceError(0, f"no training step for {idle_timeout:g} s")
+                time.sleep(poll)
+                continue
+            tensors, metadata = decode_tensors(response.content)
+            ids = json.loads(metadata["ids"])
+            reply = consumer.step(tensors["features"], labels_of(ids))
+            body = encode_tensors({"grad": reply.grad}, metadata={"loss": repr(reply.loss)})
+            grad_path = f"/v1/tasks/{self.task}/train/steps/{metadata['step_id']}/grad"
+            try:
+                self._post(grad_path, body)
+            except ServiceError as exc:
+                if exc.status != 409:  # 409: the producer has moved on; fetch the next step
+                    raise
+            answered, idle_since = answered + 1, time.monotonic()
+
+    def _send_head(self, head: nn.Module) -> None:
+        state = {k: v for k, v in head.state_dict().items() if v.is_floating_point()}
+        self._post(f"/v1/tasks/{self.task}/train/head", encode_tensors(state))
+
+    def _post(self, path: str, body: bytes = b"") -> httpx.Response:
+        try:
+            response = self._http.post(path, content=body, headers={"Content-Type": MEDIA_TYPE})
+        except httpx.HTTPError as exc:
+            raise ServiceError(0, f"cannot reach {self._http.base_url}: {exc}") from exc
+        self._raise_for(response)
+        return response
 
     def _get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._get(path, params).json()

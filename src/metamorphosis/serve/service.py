@@ -37,6 +37,7 @@ __all__ = [
     "ProducerService",
     "RequestError",
     "VideoSource",
+    "authorize",
     "IMAGE_SUFFIXES",
     "VIDEO_SUFFIXES",
 ]
@@ -146,6 +147,22 @@ class VideoSource:
         return torch.stack([self._transform.from_array(self._frames[i]) for i in ids])
 
 
+def authorize(
+    keys: KeyStore, tasks: Sequence[str], authorization: str | None, task: str
+) -> KeyRecord:
+    """The key record behind ``Authorization: Bearer …`` if it may use ``task``.
+
+    Raises:
+        AuthError: missing, malformed, unknown, expired or revoked key (401).
+        Forbidden: the key belongs to another task, or ``task`` is not one of
+            ``tasks`` (403; the same answer either way, so names cannot be probed).
+    """
+    record = keys.authenticate(parse_bearer(authorization))
+    if record.task != task or task not in tasks:
+        raise Forbidden("this key does not grant access to this task")
+    return record
+
+
 class ProducerService:
     """Per-task features of the producer's inputs, for consumers holding that task's key.
 
@@ -180,10 +197,7 @@ class ProducerService:
             Forbidden: the key belongs to another task, or ``task`` does not
                 exist (403; the same answer either way).
         """
-        record = self.keys.authenticate(parse_bearer(authorization))
-        if record.task != task or task not in self.producer.tasks:
-            raise Forbidden("this key does not grant access to this task")
-        return record
+        return authorize(self.keys, self.producer.tasks, authorization, task)
 
     def schema(self, task: str) -> dict[str, Any]:
         return {

@@ -43,9 +43,10 @@ from ..models.producer import Producer, build_heads, build_network, build_produc
 from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
-from .split import Consumer, producer_step
+from .remote import RemoteConsumer, TrainingHub
+from .split import Consumer, ConsumerLike, producer_step
 
-__all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult"]
+__all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer"]
 
 LOG_EVERY_STEPS = 10
 
@@ -109,6 +110,31 @@ class TrainResult:
     seconds: float
 
 
+def _load_remote_head(head: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """A consumer's trained head; only integer buffers (BatchNorm counters) may be absent."""
+    result = head.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"the head sent by {name!r}'s consumer does not fit: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )
+
+
+class _WithIndex(Dataset):
+    """``(image, labels, index)``: the index names the item for remote consumers."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return _size(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, labels = self.dataset[index]
+        return image, labels, index
+
+
 class _NonEmptyBatches(Sampler[list[int]]):
     """Poisson batches with the (rare) empty draws dropped.
 
@@ -137,7 +163,8 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float, wd: float):
+def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float, wd: float):
+    """The optimiser ``train.optimizer`` names (remote consumers build theirs with it too)."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
     if name == "adam":
@@ -154,12 +181,21 @@ class Trainer:
         data: the train / val / test splits.
         run_dir: where the checkpoint and ``metrics.jsonl`` go.
         progress: show tqdm bars (they hide themselves off a terminal).
+        remote: a hub whose consumers, in other processes, train the heads of
+            ``remote.tasks`` (public tasks); the other heads train here.
     """
 
     def __init__(
-        self, config: Config, data: DatasetSplits, run_dir: str | Path, *, progress: bool = True
+        self,
+        config: Config,
+        data: DatasetSplits,
+        run_dir: str | Path,
+        *,
+        progress: bool = True,
+        remote: TrainingHub | None = None,
     ):
         self.config = config
+        self.remote = remote
         self.data = data
         self.run_dir = Path(run_dir)
         self.progress = progress
@@ -173,11 +209,11 @@ class Trainer:
         ).to(self.device)
         self.heads = build_heads(config.all_labels, self.network, data.input_shape).to(self.device)
         head_lr = config.train.head_lr or config.train.lr
-        self.consumers = {
+        self.local_consumers: dict[str, Consumer] = {
             spec.name: Consumer(
                 spec,
                 self.heads[spec.name],
-                _make_optimizer(
+                make_optimizer(
                     config.train.optimizer,
                     list(self.heads[spec.name].parameters()),
                     head_lr,
@@ -186,6 +222,12 @@ class Trainer:
             )
             for spec in config.all_labels
         }
+        self.consumers: dict[str, ConsumerLike] = dict(self.local_consumers)
+        if remote is not None:
+            for spec in config.tasks:
+                if spec.name in remote.tasks:
+                    self.consumers[spec.name] = RemoteConsumer(spec, remote)
+                    del self.local_consumers[spec.name]
         self.phases = plan_phases(config)
         self.batch_size = min(config.train.batch_size, _size(data.train))
         self.sample_rate = self.batch_size / _size(data.train)
@@ -217,6 +259,7 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------
     def _loader(self, dataset: Dataset, *, dp: bool, epoch_seed: int) -> DataLoader:
+        dataset = _WithIndex(dataset)  # remote consumers find their labels by item id
         generator = torch.Generator().manual_seed(epoch_seed)
         workers = self.config.train.num_workers
         if dp:
@@ -252,7 +295,7 @@ class Trainer:
         params = [p for p in self.producer.parameters() if p.requires_grad]
         train = self.config.train
         optimizer = (
-            _make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
+            make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
             if params
             else None
         )
@@ -302,7 +345,10 @@ class Trainer:
         privacy = self.config.privacy
         totals: dict[str, float] = {}
         seen = 0
-        for step, (images, targets) in enumerate(bar):
+        for step, (images, targets, index) in enumerate(bar):
+            if self.remote is not None:
+                item_ids = self.data.train.item_ids  # type: ignore[attr-defined]
+                self.remote.current_ids = [item_ids[i] for i in index.tolist()]
             images = images.to(self.device)
             targets = {k: v.to(self.device) for k, v in targets.items()}
             result = producer_step(
@@ -345,7 +391,9 @@ class Trainer:
             "steps_done": list(steps_done),
             "producer": self.producer.state_dict(),
             "heads": self.heads.state_dict(),
-            "head_optimizers": {n: c.optimizer.state_dict() for n, c in self.consumers.items()},
+            "head_optimizers": {
+                n: c.optimizer.state_dict() for n, c in self.local_consumers.items()
+            },
             "producer_optimizer": optimizer.state_dict() if optimizer is not None else None,
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(config_to_dict(self.config), sort_keys=True),
@@ -365,7 +413,7 @@ class Trainer:
             )
         self.producer.load_state_dict(state["producer"])
         self.heads.load_state_dict(state["heads"])
-        for name, consumer in self.consumers.items():
+        for name, consumer in self.local_consumers.items():
             consumer.optimizer.load_state_dict(state["head_optimizers"][name])
         torch.set_rng_state(state["torch_rng"])
         return state
@@ -404,7 +452,7 @@ class Trainer:
                 val, _ = evaluate(
                     self.producer,
                     self.heads,
-                    self._labels(phase.labels),
+                    self._labels([n for n in phase.labels if n in self.local_consumers]),
                     val_loader,
                     self.device,
                     swap=False,
@@ -435,6 +483,10 @@ class Trainer:
             if isinstance(model, GradSampleModule):
                 model.cleanup()  # hooks and grad_sample attributes off the producer
             freeze(self.producer, False)
+        if self.remote is not None:  # the remote heads, for the run's own evaluation
+            for name, state in self.remote.request_heads(self.remote.timeout).items():
+                _load_remote_head(self.heads[name], state, name)
+            self.remote.close()
         test_loader = self._eval_loader(self.data.test)
         utility, swap = evaluate(
             self.producer, self.heads, self.config.all_labels, test_loader, self.device

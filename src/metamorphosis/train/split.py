@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from ..config import LabelSpec
 from ..losses import task_loss, task_privacy_loss
 
-__all__ = ["Consumer", "ConsumerReply", "StepResult", "producer_step"]
+__all__ = ["Consumer", "ConsumerLike", "ConsumerReply", "StepResult", "producer_step"]
 
 
 @dataclass
@@ -30,6 +31,13 @@ class ConsumerReply:
 
     grad: Tensor
     loss: float
+
+
+class ConsumerLike(Protocol):
+    """Anything that answers features with ``d loss / d features``: a local consumer, or a
+    stand-in for one in another process (:class:`~.remote.RemoteConsumer`)."""
+
+    def step(self, features: Tensor, target: Tensor, *, update: bool = True) -> ConsumerReply: ...
 
 
 class Consumer:
@@ -71,7 +79,7 @@ def producer_step(
     optimizer: torch.optim.Optimizer | None,
     images: Tensor,
     targets: Mapping[str, Tensor],
-    consumers: Mapping[str, Consumer],
+    consumers: Mapping[str, ConsumerLike],
     names: Sequence[str],
     *,
     omega: float = 0.0,

@@ -1,0 +1,166 @@
+"""Split learning over HTTP: the protocol's refusals, and the same run as in process."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from fastapi.testclient import TestClient
+
+from metamorphosis.serve.codec import MEDIA_TYPE, decode_tensors, encode_tensors
+from metamorphosis.serve.keys import KeyStore
+from metamorphosis.serve.training import STATE_HEADER, create_training_app
+from metamorphosis.train.remote import RemoteTimeout, TrainingHub
+from tiny import tiny_config_dict
+
+
+@pytest.fixture
+def hub_app(tmp_path):
+    hub = TrainingHub(["shape", "large"], timeout=5)
+    keys = KeyStore(tmp_path / "keys.json")
+    secrets = {t: keys.issue(t).secret for t in ("shape", "large")}
+    client = TestClient(create_training_app(hub, keys, max_body_bytes=8192))
+    return hub, client, {t: {"Authorization": f"Bearer {s}"} for t, s in secrets.items()}
+
+
+def _grad(tensor, loss=0.5):
+    return encode_tensors({"grad": tensor}, metadata={"loss": repr(loss)})
+
+
+def test_a_step_is_offered_until_answered_and_answered_once(hub_app):
+    hub, client, auth = hub_app
+    none = client.post("/v1/tasks/shape/train/next", headers=auth["shape"])
+    assert none.status_code == 204 and none.headers[STATE_HEADER] == "training"
+    hub.current_ids = ["a", "b"]
+    step = hub.publish("shape", torch.randn(2, 4, 3, 3))
+    for _ in range(2):  # a consumer that comes back is offered the same step
+        offered = client.post("/v1/tasks/shape/train/next", headers=auth["shape"])
+        tensors, metadata = decode_tensors(offered.content)
+        assert metadata["step_id"] == step.step_id and json.loads(metadata["ids"]) == ["a", "b"]
+        assert torch.equal(tensors["features"], step.features)
+    path = f"/v1/tasks/shape/train/steps/{step.step_id}/grad"
+    headers = {**auth["shape"], "Content-Type": MEDIA_TYPE}
+    bad = {
+        "shape": _grad(torch.zeros(2, 4, 3, 2)),
+        "nan": _grad(torch.full((2, 4, 3, 3), math.nan)),
+        "loss": _grad(torch.zeros(2, 4, 3, 3), loss=math.inf),
+        "garbage": b"not safetensors",
+    }
+    for name, body in bad.items():
+        assert client.post(path, content=body, headers=headers).status_code == 422, name
+    assert not step.answered.is_set()
+    grad = torch.randn(2, 4, 3, 3)
+    assert client.post(path, content=_grad(grad, 0.25), headers=headers).status_code == 202
+    assert client.post(path, content=_grad(grad), headers=headers).status_code == 409  # replay
+    assert torch.equal(hub.wait(step)[0], grad) and hub.wait(step)[1] == 0.25
+    stale = "/v1/tasks/shape/train/steps/shape-999/grad"
+    assert client.post(stale, content=_grad(grad), headers=headers).status_code == 409
+
+
+def test_keys_bind_to_their_task_and_bodies_are_bounded(hub_app):
+    hub, client, auth = hub_app
+    assert client.post("/v1/tasks/shape/train/next").status_code == 401
+    assert client.post("/v1/tasks/shape/train/next", headers=auth["large"]).status_code == 403
+    assert client.post("/v1/tasks/other/train/next", headers=auth["large"]).status_code == 403
+    big = client.post("/v1/tasks/shape/train/head", content=b"x" * 9000, headers=auth["shape"])
+    assert big.status_code == 413
+    early = client.post(
+        "/v1/tasks/shape/train/head",
+        content=encode_tensors({"w": torch.ones(2)}),
+        headers=auth["shape"],
+    )
+    assert early.status_code == 409  # heads are collected only at the end
+
+
+def test_a_silent_consumer_times_out_with_a_clear_error():
+    hub = TrainingHub(["shape"], timeout=0.05, retries=1)
+    step = hub.publish("shape", torch.zeros(1, 2, 2, 2))
+    with pytest.raises(RemoteTimeout, match="did not answer"):
+        hub.wait(step)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run(command, **kwargs):
+    return subprocess.Popen(
+        [sys.executable, "-m", "metamorphosis", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def _step_losses(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(x["phase"], x["epoch"], x["step"], x["losses"]) for x in lines if x["event"] == "step"]
+
+
+@pytest.mark.slow
+def test_remote_training_with_two_consumer_processes_matches_in_process(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict("both", epochs=2, encoder_epochs=1)))
+    local = _run(["train", str(config), "--out", str(tmp_path / "local"), "--quiet"])
+    remote_dir = tmp_path / "remote"
+    remote_dir.mkdir()
+    keys = KeyStore(remote_dir / "keys.json")
+    secrets = {t: keys.issue(t).secret for t in ("shape", "large")}
+    port = free_port()
+    producer = _run(
+        [
+            "train",
+            str(config),
+            "--out",
+            str(remote_dir),
+            "--quiet",
+            "--remote",
+            "--port",
+            str(port),
+            "--step-timeout",
+            "30",
+        ]
+    )
+    consumers = [
+        _run(
+            [
+                "consume",
+                f"http://127.0.0.1:{port}",
+                "--task",
+                t,
+                "--key",
+                secrets[t],
+                "--train",
+                str(config),
+                "--out",
+                str(tmp_path / "unused"),
+            ]
+        )
+        for t in ("shape", "large")
+    ]
+    outputs = [p.communicate(timeout=600) for p in (local, producer, *consumers)]
+    for process, (_, err) in zip((local, producer, *consumers), outputs, strict=True):
+        assert process.returncode == 0, err[-2000:]
+    for out, _ in outputs[2:]:  # both consumers really trained: steps answered over HTTP
+        assert int(re.search(r"answered (\d+) training steps", out).group(1)) > 0, out
+    local_record = json.loads((tmp_path / "local" / "run.json").read_text())
+    remote_record = json.loads((remote_dir / "run.json").read_text())
+    assert remote_record["privacy"]["epsilon"] == local_record["privacy"]["epsilon"]
+    local_steps, remote_steps = _step_losses(tmp_path / "local"), _step_losses(remote_dir)
+    assert [s[:3] for s in remote_steps] == [s[:3] for s in local_steps] and local_steps
+    for (*_, expected), (*_, got) in zip(local_steps, remote_steps, strict=True):
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert got[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-5), name
+    for label, metrics in local_record["metrics"].items():
+        assert remote_record["metrics"][label] == pytest.approx(metrics, abs=1e-6), label
