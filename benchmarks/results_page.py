@@ -348,7 +348,8 @@ def page() -> str:
         "",
     ]
     lines += celeba() + statefarm() + demo() + producer_costs()
-    for name in ("step_cost.md", "serve_bench.md"):  # benchmark outputs kept verbatim
+    # benchmark outputs, kept verbatim with their commands
+    for name in ("step_cost.md", "serve_bench.md", "remote_vs_local.md"):
         kept = RESULTS / name
         if kept.is_file():
             lines += [kept.read_text().rstrip(), ""]

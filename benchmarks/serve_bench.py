@@ -9,9 +9,12 @@ and batch size (1 and 32):
 * a bare loopback socket transfer of the same number of bytes;
 * the ratio fetch / (socket + forward): the HTTP, auth and codec overhead.
 
-Then requests/s for single-image fetches from 4 concurrent clients, and the
-body size of one 32-image batch per encoding. The gradient half of a
-split-learning round trip is not measured yet (remote training is not built).
+Then requests/s for single-image fetches from 4 concurrent clients, the
+body size of one 32-image batch per encoding, and the split-learning round
+trip through the training routes: the producer publishes a step's features,
+a consumer fetches them and posts a gradient of the same shape, the producer
+has it (p50 / p99), next to the forward plus a socket transfer of the bytes
+both ways; the target is under 2× that for batch 32 at 64×16×16.
 
     python benchmarks/serve_bench.py            # full
     python benchmarks/serve_bench.py --quick    # smoke run
@@ -37,9 +40,16 @@ from metamorphosis.config import config_from_dict
 from metamorphosis.models.producer import build_network, build_producer
 from metamorphosis.serve.app import create_app
 from metamorphosis.serve.client import ConsumerClient
-from metamorphosis.serve.codec import encoded_size_report
+from metamorphosis.serve.codec import (
+    MEDIA_TYPE,
+    decode_tensors,
+    encode_tensors,
+    encoded_size_report,
+)
 from metamorphosis.serve.keys import KeyStore
 from metamorphosis.serve.service import ProducerService
+from metamorphosis.serve.training import TrainingServer
+from metamorphosis.train.remote import TrainingHub
 
 SIZE = 64
 
@@ -186,6 +196,57 @@ def _concurrent_rate(url: str, secret: str, repeats: int) -> None:
     print(f"4 concurrent clients, single-image fetches at split 5: {total / seconds:.0f} req/s")
 
 
+def _round_trips(split: int, repeats: int, key_dir: Path) -> None:
+    """Features out and gradient back through the training routes, per batch size."""
+    producer = _producer(split)
+    hub = TrainingHub(["task"], timeout=30)
+    keys = KeyStore(key_dir / f"train-keys-{split}.json")
+    secret = keys.issue("task").secret
+    stop = threading.Event()
+    with TrainingServer(hub, keys) as server:
+        headers = {"Authorization": f"Bearer {secret}", "Content-Type": MEDIA_TYPE}
+
+        def consume() -> None:  # answers every step with a zero gradient, polling tightly
+            with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+                while not stop.is_set():
+                    offered = http.post("/v1/tasks/task/train/next")
+                    if offered.status_code == 204:
+                        time.sleep(0.0005)
+                        continue
+                    tensors, metadata = decode_tensors(offered.content)
+                    grad = encode_tensors(
+                        {"grad": torch.zeros_like(tensors["features"])},
+                        metadata={"loss": "0.0"},
+                    )
+                    http.post(
+                        f"/v1/tasks/task/train/steps/{metadata['step_id']}/grad", content=grad
+                    )
+
+        threading.Thread(target=consume, daemon=True).start()
+        for batch in (1, 32):
+            images = torch.randn(batch, 3, SIZE, SIZE)
+            with torch.no_grad():
+                features = producer.features(images, "task")
+            trip = _times_ms(
+                lambda features=features: hub.wait(hub.publish("task", features)), repeats
+            )
+            with torch.no_grad():
+                forward = _times_ms(
+                    lambda images=images: producer.features(images, "task"), repeats
+                )
+            nbytes = features.numel() * 4
+            wire = [2 * t for t in _socket_transfer_ms(nbytes, repeats)]
+            base = statistics.median(wire) + statistics.median(forward)
+            total = statistics.median(trip) + statistics.median(forward)
+            print(
+                f"round trip split {split} batch {batch:>2}: features out + grad back p50 "
+                f"{statistics.median(trip):7.2f} ms p99 {_p(trip, 99):7.2f} ms | with forward "
+                f"{total:7.2f} ms vs forward + socket both ways {base:7.2f} ms = "
+                f"{total / base:.2f}"
+            )
+        stop.set()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few repeats (smoke run)")
@@ -195,6 +256,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         for split in (5, 7, 9):
             _bench_split(split, repeats, Path(folder))
+        for split in (5, 7, 9):
+            _round_trips(split, repeats, Path(folder))
 
 
 if __name__ == "__main__":

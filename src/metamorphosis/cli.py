@@ -414,7 +414,9 @@ def consume(
     url: Annotated[str, typer.Argument(help="The producer service's base URL.")],
     task: Annotated[str, typer.Option(help="The subscribed task.")],
     key: Annotated[str, typer.Option(envvar="METAMORPHOSIS_KEY", help="The task's key.")],
-    out: Annotated[Path, typer.Option(help="Safetensors file to write (features + ids).")],
+    out: Annotated[
+        Path | None, typer.Option(help="Safetensors file to write (features + ids).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="Items to fetch, from the first.")] = 64,
     encoding: Annotated[str, typer.Option(help="float32, float16 or int8.")] = "float32",
     train_config: Annotated[
@@ -433,6 +435,9 @@ def consume(
         except MetaMorphosisError as exc:
             _fail(exc)
         typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
+        return
+    if out is None:
+        _fail(MetaMorphosisError("give --out FILE to fetch features, or --train CONFIG to train"))
         return
     import json as _json
 

@@ -142,8 +142,6 @@ def test_remote_training_with_two_consumer_processes_matches_in_process(tmp_path
                 secrets[t],
                 "--train",
                 str(config),
-                "--out",
-                str(tmp_path / "unused"),
             ]
         )
         for t in ("shape", "large")

@@ -58,3 +58,8 @@ def test_keys_issue_list_revoke(served_run):
 def test_keys_need_a_run_dir(tmp_path):
     result = runner.invoke(app, ["keys", "list", str(tmp_path)])
     _one_line_error(result, "run.json is missing")
+
+
+def test_consume_needs_out_or_train():
+    result = runner.invoke(app, ["consume", "http://127.0.0.1:9", "--task", "t", "--key", "k"])
+    _one_line_error(result, "--out FILE")
