@@ -9,25 +9,29 @@ import socket
 import subprocess
 import sys
 
+import httpx
 import pytest
 import torch
 import yaml
-from fastapi.testclient import TestClient
 
 from metamorphosis.serve.codec import MEDIA_TYPE, decode_tensors, encode_tensors
 from metamorphosis.serve.keys import KeyStore
-from metamorphosis.serve.training import STATE_HEADER, create_training_app
+from metamorphosis.serve.training import STATE_HEADER, TrainingServer
 from metamorphosis.train.remote import RemoteTimeout, TrainingHub
 from tiny import tiny_config_dict
 
 
 @pytest.fixture
 def hub_app(tmp_path):
+    """The training routes on a real uvicorn server on 127.0.0.1, and a key per task."""
     hub = TrainingHub(["shape", "large"], timeout=5)
     keys = KeyStore(tmp_path / "keys.json")
     secrets = {t: keys.issue(t).secret for t in ("shape", "large")}
-    client = TestClient(create_training_app(hub, keys, max_body_bytes=8192))
-    return hub, client, {t: {"Authorization": f"Bearer {s}"} for t, s in secrets.items()}
+    with (
+        TrainingServer(hub, keys, max_body_bytes=8192) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        yield hub, client, {t: {"Authorization": f"Bearer {s}"} for t, s in secrets.items()}
 
 
 def _grad(tensor, loss=0.5):

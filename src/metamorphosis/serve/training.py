@@ -100,7 +100,13 @@ class TrainingServer:
     """The training routes on a background uvicorn thread, for the length of a run."""
 
     def __init__(
-        self, hub: TrainingHub, keys: KeyStore, *, host: str = "127.0.0.1", port: int = 0
+        self,
+        hub: TrainingHub,
+        keys: KeyStore,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_body_bytes: int = 64 * 2**20,
     ) -> None:
         if port == 0:
             with socket.socket() as sock:
@@ -108,7 +114,10 @@ class TrainingServer:
                 port = int(sock.getsockname()[1])
         self.url = f"http://{host}:{port}"
         config = uvicorn.Config(
-            create_training_app(hub, keys), host=host, port=port, log_level="warning"
+            create_training_app(hub, keys, max_body_bytes=max_body_bytes),
+            host=host,
+            port=port,
+            log_level="warning",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
