@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -176,12 +175,3 @@ def consumer_head(config: Config, input_shape: tuple[int, int, int], task: str) 
     build_producer(config, network, input_shape)
     return build_heads(config.all_labels, network, input_shape)[task]
 
-
-def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
