@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, cast
 
@@ -137,6 +138,13 @@ def train(
     step_timeout: Annotated[
         float, typer.Option(help="With --remote: seconds to wait for a gradient per try.")
     ] = 60.0,
+    ssl_certfile: Annotated[
+        str | None, typer.Option(help="With --remote: TLS certificate (PEM).")
+    ] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="With --remote: TLS key (PEM).")] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="With --remote: allow plaintext on a non-loopback address.")
+    ] = False,
 ) -> None:
     """Train a producer and its consumer heads from a config into a run dir."""
     from .config import load_config
@@ -146,7 +154,8 @@ def train(
         config = load_config(config_path, set_ or [])
         _refuse_finished(out)
         if remote:
-            record = _train_remote(config, out, data_root, not quiet, host, port, step_timeout)
+            listen = _Listen(host, port, step_timeout, ssl_certfile, ssl_keyfile, insecure)
+            record = _train_remote(config, out, data_root, not quiet, listen)
         else:
             record = train_run(config, out, data_root=data_root, progress=not quiet)
     except MetaMorphosisError as exc:
@@ -155,7 +164,19 @@ def train(
     typer.echo(f"run dir: {out}")
 
 
-def _train_remote(config, out: Path, data_root, progress: bool, host, port, step_timeout):
+@dataclass(frozen=True)
+class _Listen:
+    """Where and how ``train --remote`` serves its training routes."""
+
+    host: str
+    port: int
+    step_timeout: float
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+    insecure: bool
+
+
+def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen):
     """Serve the training routes while training; print a key per task that has none."""
     _require_serve_extra()
     import time as _time
@@ -166,7 +187,9 @@ def _train_remote(config, out: Path, data_root, progress: bool, host, port, step
     from .serve.training import TrainingServer
     from .train.remote import TrainingHub
 
-    check_bind(host, tls=False, insecure=False)
+    if (listen.ssl_certfile is None) != (listen.ssl_keyfile is None):
+        raise MetaMorphosisError("give both --ssl-certfile and --ssl-keyfile, or neither")
+    check_bind(listen.host, tls=listen.ssl_certfile is not None, insecure=listen.insecure)
     out.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(out / KEYS_FILE)
     now = _time.time()
@@ -175,8 +198,16 @@ def _train_remote(config, out: Path, data_root, progress: bool, host, port, step
     for task in tasks:
         if task not in covered:
             typer.echo(f"key for {task} (shown once): {keys.issue(task).secret}", err=True)
-    hub = TrainingHub(tasks, timeout=step_timeout)
-    with TrainingServer(hub, keys, host=host, port=port) as server:
+    hub = TrainingHub(tasks, timeout=listen.step_timeout)
+    server = TrainingServer(
+        hub,
+        keys,
+        host=listen.host,
+        port=listen.port,
+        ssl_certfile=listen.ssl_certfile,
+        ssl_keyfile=listen.ssl_keyfile,
+    )
+    with server:
         typer.echo(f"training API on {server.url}: waiting for consumers of {tasks}", err=True)
         return train_run(config, out, data_root=data_root, progress=progress, remote=hub)
 
@@ -371,7 +402,9 @@ def keys_revoke(
     typer.echo(f"revoked {key_id}")
 
 
-def _consume_training(url: str, task: str, key: str, config_path: Path, data_root) -> int:
+def _consume_training(
+    url: str, task: str, key: str, config_path: Path, data_root, verify: bool | str
+) -> int:
     """A remote consumer: its head and labels from the same config as the producer's."""
     import torch
 
@@ -399,7 +432,7 @@ def _consume_training(url: str, task: str, key: str, config_path: Path, data_roo
     def labels_of(ids: list[str]) -> torch.Tensor:
         return torch.stack([train_split.get_item_by_id(i)[1][task] for i in ids])
 
-    with ConsumerClient(url, task=task, key=key) as client:
+    with ConsumerClient(url, task=task, key=key, verify=verify) as client:
         return client.train(Consumer(spec, head, optimizer), labels_of)
 
 
@@ -426,12 +459,15 @@ def consume(
     data_root: Annotated[
         Path | None, typer.Option(help="With --train: dataset folder for this consumer's labels.")
     ] = None,
+    cafile: Annotated[
+        str | None, typer.Option(help="CA bundle to verify the producer's TLS certificate.")
+    ] = None,
 ) -> None:
     """Fetch the first LIMIT items' features of TASK into a safetensors file (or --train)."""
     if train_config is not None:
         try:
             _require_serve_extra()
-            steps = _consume_training(url, task, key, train_config, data_root)
+            steps = _consume_training(url, task, key, train_config, data_root, cafile or True)
         except MetaMorphosisError as exc:
             _fail(exc)
         typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
@@ -448,7 +484,7 @@ def consume(
         _require_serve_extra()
         from .serve.client import ConsumerClient
 
-        with ConsumerClient(url, task=task, key=key) as client:
+        with ConsumerClient(url, task=task, key=key, verify=cafile or True) as client:
             chunks, ids = [], []
             offset = 0
             while offset < limit:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from metamorphosis.serve.client import ConsumerClient
 from metamorphosis.serve.codec import MEDIA_TYPE, decode_tensors, encode_tensors
 from metamorphosis.serve.keys import KeyStore
 from metamorphosis.serve.training import STATE_HEADER, TrainingServer
@@ -166,3 +167,46 @@ def test_remote_training_with_two_consumer_processes_matches_in_process(tmp_path
             assert got[name] == pytest.approx(expected[name], rel=1e-4, abs=1e-5), name
     for label, metrics in local_record["metrics"].items():
         assert remote_record["metrics"][label] == pytest.approx(metrics, abs=1e-6), label
+
+
+def test_the_training_routes_speak_tls(tmp_path):
+    """With a certificate the server is https-only and the client verifies it."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    hub = TrainingHub(["shape"], timeout=5)
+    keys = KeyStore(tmp_path / "keys.json")
+    secret = keys.issue("shape").secret
+    auth = {"Authorization": f"Bearer {secret}"}
+    server = TrainingServer(hub, keys, ssl_certfile=str(cert), ssl_keyfile=str(key))
+    with server:
+        assert server.url.startswith("https://")
+        with ConsumerClient(server.url, task="shape", key=secret, verify=str(cert)) as client:
+            assert client._post("/v1/tasks/shape/train/next").status_code == 204
+        plain = server.url.replace("https://", "http://")
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(f"{plain}/v1/tasks/shape/train/next", headers=auth, timeout=5)

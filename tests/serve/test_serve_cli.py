@@ -63,3 +63,18 @@ def test_keys_need_a_run_dir(tmp_path):
 def test_consume_needs_out_or_train():
     result = runner.invoke(app, ["consume", "http://127.0.0.1:9", "--task", "t", "--key", "k"])
     _one_line_error(result, "--out FILE")
+
+
+def test_remote_training_refuses_plaintext_on_a_public_address(tmp_path):
+    import yaml
+
+    from tiny import tiny_config_dict
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict("both")))
+    out = tmp_path / "run"
+    command = ["train", str(config), "--out", str(out), "--remote", "--host", "0.0.0.0"]
+    _one_line_error(runner.invoke(app, command), "refusing to serve plaintext HTTP on 0.0.0.0")
+    half_tls = [*command[:-2], "--ssl-certfile", "c.pem"]
+    _one_line_error(runner.invoke(app, half_tls), "--ssl-keyfile")
+    assert not (out / "keys.json").exists()  # refused before any key was issued

@@ -14,6 +14,7 @@ pickle). HTTP errors become :class:`ServiceError` carrying the status code.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -28,6 +29,11 @@ from .codec import MEDIA_TYPE, decode_tensors, encode_tensors
 STATE_HEADER = "X-Training-State"  # as in .training (not imported: the client needs no server)
 
 __all__ = ["AsyncConsumerClient", "ConsumerClient", "ServiceError"]
+
+
+def _tls(verify: bool | str) -> bool | ssl.SSLContext:
+    """``True``/``False``, or a CA bundle path turned into the context httpx wants."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
 
 
 class ServiceError(MetaMorphosisError):
@@ -57,7 +63,7 @@ class ConsumerClient:
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {key}"},
             timeout=timeout,
-            verify=verify,
+            verify=_tls(verify),
         )
 
     def __enter__(self) -> ConsumerClient:
@@ -191,7 +197,7 @@ class AsyncConsumerClient:
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {key}"},
             timeout=timeout,
-            verify=verify,
+            verify=_tls(verify),
         )
 
     async def __aenter__(self) -> AsyncConsumerClient:

@@ -107,16 +107,20 @@ class TrainingServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_body_bytes: int = 64 * 2**20,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         if port == 0:
             with socket.socket() as sock:
                 sock.bind((host, 0))
                 port = int(sock.getsockname()[1])
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if ssl_certfile else 'http'}://{host}:{port}"
         config = uvicorn.Config(
             create_training_app(hub, keys, max_body_bytes=max_body_bytes),
             host=host,
             port=port,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
             log_level="warning",
         )
         self._server = uvicorn.Server(config)
