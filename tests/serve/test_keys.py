@@ -54,7 +54,8 @@ def reason_of(store: KeyStore, secret: str | None) -> str:
 
 
 def token_like(secret: str) -> str:
-    return secret.rsplit("_", 1)[-1] if secret.count("_") >= 2 else secret
+    """The part after ``mmk_<id>_`` (the token may itself contain "_")."""
+    return secret.split("_", 2)[2] if secret.count("_") >= 2 else secret
 
 
 def test_issue_then_authenticate(store, clock):
