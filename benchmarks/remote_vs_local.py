@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,7 @@ from pathlib import Path
 
 from metamorphosis.config import load_config
 from metamorphosis.serve.keys import KeyStore
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from metamorphosis.serve.server import free_port
 
 
 def _run(*args: str) -> subprocess.Popen:
@@ -54,7 +48,7 @@ def main() -> None:
     remote_dir.mkdir(parents=True)
     keys = KeyStore(remote_dir / "keys.json")
     secrets = {task: keys.issue(task).secret for task in tasks}
-    port = _free_port()
+    port = free_port()
 
     started = time.perf_counter()
     _finish(_run("train", str(args.config), "--out", str(local_dir), "--quiet"), "local run")

@@ -47,6 +47,7 @@ from metamorphosis.serve.codec import (
     encoded_size_report,
 )
 from metamorphosis.serve.keys import KeyStore
+from metamorphosis.serve.server import free_port
 from metamorphosis.serve.service import ProducerService
 from metamorphosis.serve.training import TrainingServer
 from metamorphosis.train.remote import TrainingHub
@@ -80,14 +81,8 @@ def _producer(split: int):
     return build_producer(config, build_network(config), (3, SIZE, SIZE)).eval()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _start_server(service: ProducerService) -> tuple[uvicorn.Server, str]:
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(service, max_concurrency=64), host="127.0.0.1", port=port, log_level="error"
     )

@@ -485,21 +485,13 @@ def consume(
         from .serve.client import ConsumerClient
 
         with ConsumerClient(url, task=task, key=key, verify=cafile or True) as client:
-            chunks, ids = [], []
-            offset = 0
-            while offset < limit:
-                page = client.items(offset=offset, limit=min(64, limit - offset))["ids"]
-                if not page:
-                    break
-                features, answered = client.features(page, encoding=encoding)
-                chunks.append(features)
-                ids += answered
-                offset += len(page)
+            batches = list(client.iter_features(limit=limit, encoding=encoding))
     except MetaMorphosisError as exc:
         _fail(exc)
-    if not chunks:
+    if not batches:
         _fail(MetaMorphosisError(f"the service has no items for task {task!r}"))
-    tensor = torch.cat(chunks)
+    tensor = torch.cat([features for features, _ in batches])
+    ids = [i for _, answered in batches for i in answered]
     save_file({"features": tensor}, str(out), metadata={"ids": _json.dumps(ids), "task": task})
     typer.echo(f"{len(ids)} items, features {list(tensor.shape)} -> {out}")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,8 @@ import pytest
 from metamorphosis.config import config_from_dict
 from metamorphosis.experiment import train_run
 from metamorphosis.serve.keys import KeyStore
+from metamorphosis.serve.server import free_port
 from tiny import tiny_config_dict
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import yaml
 from metamorphosis.serve.client import ConsumerClient
 from metamorphosis.serve.codec import MEDIA_TYPE, decode_tensors, encode_tensors
 from metamorphosis.serve.keys import KeyStore
+from metamorphosis.serve.server import free_port
 from metamorphosis.serve.training import STATE_HEADER, TrainingServer
 from metamorphosis.train.remote import RemoteTimeout, TrainingHub
 from tiny import tiny_config_dict
@@ -89,12 +89,6 @@ def test_a_silent_consumer_times_out_with_a_clear_error():
     step = hub.publish("shape", torch.zeros(1, 2, 2, 2))
     with pytest.raises(RemoteTimeout, match="did not answer"):
         hub.wait(step)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _run(command, **kwargs):

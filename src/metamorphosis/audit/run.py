@@ -261,10 +261,9 @@ class _Audit:
     def measure(self, stage: _Stages, out_dir: Path) -> dict[str, Any]:
         """Every attack and measurement, with its figure written to ``out_dir``."""
         sources = [ENCODER_SOURCE, *self.tasks]  # what an attacker can hold
+        heads = dict(load_heads(self.run_dir))  # read once: the kept-head swap and the cost
         with stage("swap (kept heads)"):
-            kept = swap.kept_head_swap(
-                dict(load_heads(self.run_dir)), self.labels, self.test, device=self.device
-            )
+            kept = swap.kept_head_swap(heads, self.labels, self.test, device=self.device)
         with stage("swap (retrained attackers)"):
             retrained = swap.retrained_swap(
                 lambda spec: self.network.make_head(spec, self.hw),
@@ -291,7 +290,7 @@ class _Audit:
         with stage("t-SNE"):
             embedding, similarity = self._compare_modules(out_dir)
         with stage("producer cost"):
-            cost = producer_cost(load_producer(self.run_dir), dict(load_heads(self.run_dir)))
+            cost = producer_cost(load_producer(self.run_dir), heads)
         swaps = {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()}
         plot_swap(swaps, out_dir / "swap_matrix.png")
         plot_attribute([r.to_dict() for r in rows], out_dir / "attribute_inference.png")

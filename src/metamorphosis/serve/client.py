@@ -95,12 +95,18 @@ class ConsumerClient:
         return tensors["features"], json.loads(metadata["ids"])
 
     def iter_features(
-        self, *, batch_size: int = 64, encoding: str = "float32", compression: str = "none"
+        self,
+        *,
+        batch_size: int = 64,
+        limit: int | None = None,
+        encoding: str = "float32",
+        compression: str = "none",
     ) -> Iterator[tuple[Tensor, list[str]]]:
-        """Every item's features, ``batch_size`` at a time, in the producer's order."""
+        """Every item's features (or the first ``limit``), ``batch_size`` at a time, in order."""
         offset = 0
-        while True:
-            page = self.items(offset=offset, limit=batch_size)
+        while limit is None or offset < limit:
+            size = batch_size if limit is None else min(batch_size, limit - offset)
+            page = self.items(offset=offset, limit=size)
             if not page["ids"]:
                 return
             yield self.features(page["ids"], encoding=encoding, compression=compression)

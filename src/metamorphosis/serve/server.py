@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -25,10 +26,25 @@ from .service import (
     VideoSource,
 )
 
-__all__ = ["KEYS_FILE", "SPLITS", "build_service", "check_bind", "key_store", "serve_forever"]
+__all__ = [
+    "KEYS_FILE",
+    "SPLITS",
+    "build_service",
+    "check_bind",
+    "free_port",
+    "key_store",
+    "serve_forever",
+]
 
 KEYS_FILE = "keys.json"
 SPLITS = ("train", "val", "test")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (for servers whose URL must be known up front)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def key_store(run_dir: str | Path) -> KeyStore:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 import time
 
@@ -30,6 +29,7 @@ from ..train.remote import StaleStep, TrainingHub
 from .app import base_app
 from .codec import MEDIA_TYPE, CodecError, check_gradient, decode_tensors, encode_tensors
 from .keys import KeyStore
+from .server import free_port
 from .service import authorize
 
 __all__ = ["STATE_HEADER", "create_training_app", "TrainingServer"]
@@ -110,10 +110,7 @@ class TrainingServer:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
     ) -> None:
-        if port == 0:
-            with socket.socket() as sock:
-                sock.bind((host, 0))
-                port = int(sock.getsockname()[1])
+        port = port or free_port(host)
         self.url = f"{'https' if ssl_certfile else 'http'}://{host}:{port}"
         config = uvicorn.Config(
             create_training_app(hub, keys, max_body_bytes=max_body_bytes),

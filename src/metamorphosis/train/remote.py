@@ -174,4 +174,3 @@ def consumer_head(config: Config, input_shape: tuple[int, int, int], task: str) 
     network = build_network(config)
     build_producer(config, network, input_shape)
     return build_heads(config.all_labels, network, input_shape)[task]
-
