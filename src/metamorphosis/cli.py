@@ -403,7 +403,7 @@ def keys_revoke(
 
 
 def _consume_training(
-    url: str, task: str, key: str, config_path: Path, data_root, verify: bool | str
+    url: str, task: str, key: str, config_path: Path, data_root, verify: bool | str, wait: float
 ) -> int:
     """A remote consumer: its head and labels from the same config as the producer's."""
     import torch
@@ -433,7 +433,7 @@ def _consume_training(
         return torch.stack([train_split.get_item_by_id(i)[1][task] for i in ids])
 
     with ConsumerClient(url, task=task, key=key, verify=verify) as client:
-        return client.train(Consumer(spec, head, optimizer), labels_of)
+        return client.train(Consumer(spec, head, optimizer), labels_of, unreachable_timeout=wait)
 
 
 def read_tasks(run_dir: Path) -> list[str]:
@@ -462,12 +462,18 @@ def consume(
     cafile: Annotated[
         str | None, typer.Option(help="CA bundle to verify the producer's TLS certificate.")
     ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            help="With --train: seconds the producer may be unreachable (starting, restarting)."
+        ),
+    ] = 120.0,
 ) -> None:
     """Fetch the first LIMIT items' features of TASK into a safetensors file (or --train)."""
     if train_config is not None:
         try:
             _require_serve_extra()
-            steps = _consume_training(url, task, key, train_config, data_root, cafile or True)
+            steps = _consume_training(url, task, key, train_config, data_root, cafile or True, wait)
         except MetaMorphosisError as exc:
             _fail(exc)
         typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")

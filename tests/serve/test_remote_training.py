@@ -7,18 +7,21 @@ import math
 import re
 import subprocess
 import sys
+import threading
+import time
 
 import httpx
 import pytest
 import torch
 import yaml
 
-from metamorphosis.serve.client import ConsumerClient
+from metamorphosis.serve.client import ConsumerClient, ServiceError
 from metamorphosis.serve.codec import MEDIA_TYPE, decode_tensors, encode_tensors
 from metamorphosis.serve.keys import KeyStore
 from metamorphosis.serve.server import free_port
 from metamorphosis.serve.training import STATE_HEADER, TrainingServer
 from metamorphosis.train.remote import RemoteTimeout, TrainingHub
+from metamorphosis.train.split import ConsumerReply
 from tiny import tiny_config_dict
 
 
@@ -91,6 +94,88 @@ def test_a_silent_consumer_times_out_with_a_clear_error():
         hub.wait(step)
 
 
+class _CountingConsumer:
+    """A consumer whose gradient is 2 × features; counts the steps its head takes."""
+
+    def __init__(self):
+        self.head = torch.nn.Linear(2, 1)
+        self.steps = 0
+
+    def step(self, features, target):
+        self.steps += 1
+        return ConsumerReply(grad=2 * features, loss=0.5)
+
+
+def _train_in_thread(client, consumer):
+    result = {}
+
+    def run():
+        try:
+            result["answered"] = client.train(consumer, lambda ids: torch.zeros(len(ids)))
+        except Exception as exc:  # surfaced by the test's assertions
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def _answer_one_step_then_finish(hub):
+    hub.current_ids = ["a", "b"]
+    features = torch.randn(2, 3, 2, 2)
+    grad, loss = hub.wait(hub.publish("shape", features))
+    assert torch.equal(grad, 2 * features) and loss == 0.5
+    return hub.request_heads(timeout=30)
+
+
+def test_a_consumer_started_before_the_producer_waits_for_it(tmp_path):
+    hub = TrainingHub(["shape"], timeout=30)
+    keys = KeyStore(tmp_path / "keys.json")
+    port = free_port()
+    consumer = _CountingConsumer()
+    client = ConsumerClient(
+        f"http://127.0.0.1:{port}", task="shape", key=keys.issue("shape").secret
+    )
+    thread, result = _train_in_thread(client, consumer)
+    time.sleep(0.5)  # the consumer polls a port nobody listens on yet
+    assert thread.is_alive() and not result
+    with TrainingServer(hub, keys, port=port):
+        heads = _answer_one_step_then_finish(hub)
+        thread.join(timeout=30)
+    assert result == {"answered": 1} and consumer.steps == 1
+    assert torch.equal(heads["shape"]["weight"], consumer.head.weight)
+
+
+def test_an_unreachable_producer_fails_the_consumer_after_its_wait():
+    client = ConsumerClient(f"http://127.0.0.1:{free_port()}", task="shape", key="mmk_x")
+    with pytest.raises(ServiceError, match="cannot reach") as caught:
+        client.train(
+            _CountingConsumer(), lambda ids: torch.zeros(len(ids)), unreachable_timeout=0.3
+        )
+    assert caught.value.status == 0
+
+
+def test_a_lost_gradient_is_resent_without_stepping_the_head_twice(tmp_path, monkeypatch):
+    hub = TrainingHub(["shape"], timeout=30)
+    keys = KeyStore(tmp_path / "keys.json")
+    consumer = _CountingConsumer()
+    with TrainingServer(hub, keys) as server:
+        client = ConsumerClient(server.url, task="shape", key=keys.issue("shape").secret)
+        post, lost = client._http.post, []
+
+        def drop_first_gradient(path, **kwargs):
+            if path.endswith("/grad") and not lost:
+                lost.append(path)
+                raise httpx.ConnectError("connection reset before the body was sent")
+            return post(path, **kwargs)
+
+        monkeypatch.setattr(client._http, "post", drop_first_gradient)
+        thread, result = _train_in_thread(client, consumer)
+        _answer_one_step_then_finish(hub)
+        thread.join(timeout=30)
+    assert lost and result == {"answered": 1} and consumer.steps == 1
+
+
 def _run(command, **kwargs):
     return subprocess.Popen(
         [sys.executable, "-m", "metamorphosis", *command],
@@ -116,21 +201,7 @@ def test_remote_training_with_two_consumer_processes_matches_in_process(tmp_path
     keys = KeyStore(remote_dir / "keys.json")
     secrets = {t: keys.issue(t).secret for t in ("shape", "large")}
     port = free_port()
-    producer = _run(
-        [
-            "train",
-            str(config),
-            "--out",
-            str(remote_dir),
-            "--quiet",
-            "--remote",
-            "--port",
-            str(port),
-            "--step-timeout",
-            "30",
-        ]
-    )
-    consumers = [
+    consumers = [  # started first: they wait for the producer to come up
         _run(
             [
                 "consume",
@@ -145,10 +216,25 @@ def test_remote_training_with_two_consumer_processes_matches_in_process(tmp_path
         )
         for t in ("shape", "large")
     ]
-    outputs = [p.communicate(timeout=600) for p in (local, producer, *consumers)]
-    for process, (_, err) in zip((local, producer, *consumers), outputs, strict=True):
-        assert process.returncode == 0, err[-2000:]
-    for out, _ in outputs[2:]:  # both consumers really trained: steps answered over HTTP
+    producer = _run(
+        [
+            "train",
+            str(config),
+            "--out",
+            str(remote_dir),
+            "--quiet",
+            "--remote",
+            "--port",
+            str(port),
+            "--step-timeout",
+            "60",
+        ]
+    )
+    processes = {"local": local, "producer": producer, "shape": consumers[0], "large": consumers[1]}
+    outputs = {name: p.communicate(timeout=600) for name, p in processes.items()}
+    failed = {n: outputs[n][1][-1500:] for n, p in processes.items() if p.returncode != 0}
+    assert not failed, failed
+    for out, _ in (outputs["shape"], outputs["large"]):  # steps really answered over HTTP
         assert int(re.search(r"answered (\d+) training steps", out).group(1)) > 0, out
     local_record = json.loads((tmp_path / "local" / "run.json").read_text())
     remote_record = json.loads((remote_dir / "run.json").read_text())

@@ -119,6 +119,7 @@ class ConsumerClient:
         *,
         poll: float = 0.02,
         idle_timeout: float = 600.0,
+        unreachable_timeout: float = 120.0,
     ) -> int:
         """Be this task's consumer in split-learning training until the producer finishes.
 
@@ -127,33 +128,51 @@ class ConsumerClient:
         ``d loss / d features`` back. When the producer asks for the trained
         head (state ``finishing``) it is sent and the loop ends.
 
+        The producer may be unreachable for up to ``unreachable_timeout``
+        seconds at a time (not started yet, restarting from its checkpoint).
+        A step whose gradient did not get through is offered again; its
+        gradient is resent without stepping the head a second time.
+
         Returns:
             The number of steps answered.
         """
-        answered, idle_since = 0, time.monotonic()
+        answered = 0
+        sent: tuple[str, bytes] | None = None  # the last step this head took, and its gradient
+        progress = unreachable_since = time.monotonic()
         while True:
-            response = self._post(f"/v1/tasks/{self.task}/train/next")
+            try:
+                response = self._post(f"/v1/tasks/{self.task}/train/next")
+            except ServiceError as exc:
+                if exc.status != 0 or time.monotonic() - unreachable_since > unreachable_timeout:
+                    raise
+                time.sleep(min(1.0, 10 * poll))
+                continue
+            unreachable_since = time.monotonic()
             state = response.headers.get(STATE_HEADER, "")
             if response.status_code == 204:
                 if state in ("finishing", "done"):
                     if state == "finishing":
                         self._send_head(consumer.head)
                     return answered
-                if time.monotonic() - idle_since > idle_timeout:
+                if time.monotonic() - progress > idle_timeout:
                     raise ServiceError(0, f"no training step for {idle_timeout:g} s")
                 time.sleep(poll)
                 continue
             tensors, metadata = decode_tensors(response.content)
-            ids = json.loads(metadata["ids"])
-            reply = consumer.step(tensors["features"], labels_of(ids))
-            body = encode_tensors({"grad": reply.grad}, metadata={"loss": repr(reply.loss)})
-            grad_path = f"/v1/tasks/{self.task}/train/steps/{metadata['step_id']}/grad"
+            step_id = metadata["step_id"]
+            if sent is None or sent[0] != step_id:
+                reply = consumer.step(tensors["features"], labels_of(json.loads(metadata["ids"])))
+                body = encode_tensors({"grad": reply.grad}, metadata={"loss": repr(reply.loss)})
+                sent = (step_id, body)
+                answered += 1
             try:
-                self._post(grad_path, body)
+                self._post(f"/v1/tasks/{self.task}/train/steps/{step_id}/grad", sent[1])
             except ServiceError as exc:
-                if exc.status != 409:  # 409: the producer has moved on; fetch the next step
+                # 409: the producer has moved on. 0: lost on the way; the next
+                # poll says whether it arrived (a new step) or not (the same one).
+                if exc.status not in (0, 409):
                     raise
-            answered, idle_since = answered + 1, time.monotonic()
+            progress = time.monotonic()
 
     def _send_head(self, head: nn.Module) -> None:
         state = {k: v for k, v in head.state_dict().items() if v.is_floating_point()}
