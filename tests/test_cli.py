@@ -94,6 +94,29 @@ def test_train_writes_a_run_and_refuses_to_overwrite_it(tmp_path):
     _assert_one_line_error(again, "already holds a finished run")
 
 
+def test_add_task_extends_a_run_and_names_bad_input(tmp_path):
+    raw = tiny_config_dict("task")
+    raw["tasks"] = raw["tasks"][:1]
+    path = _write_config(tmp_path / "c.yaml", raw)
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", str(path), "--out", str(run), "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    added = runner.invoke(
+        app, ["add-task", str(run), "--task", "large", "--epochs", "1", "--quiet"]
+    )
+    assert added.exit_code == 0, added.output
+    assert "added large in" in added.stdout and "large" in added.stdout.split("swap matrix")[1]
+    assert json.loads((run / "run.json").read_text())["tasks"] == ["shape", "large"]
+    again = runner.invoke(app, ["add-task", str(run), "--task", "large"])
+    _assert_one_line_error(again, "already exists")
+    unknown = runner.invoke(app, ["add-task", str(run), "--task", "x", "--column", "nope"])
+    _assert_one_line_error(unknown, "nope")
+    bad_kind = runner.invoke(app, ["add-task", str(run), "--task", "x", "--kind", "colour"])
+    _assert_one_line_error(bad_kind, "x.kind='colour'")
+    missing = runner.invoke(app, ["add-task", str(tmp_path / "nowhere"), "--task", "x"])
+    _assert_one_line_error(missing, "run.json is missing")
+
+
 def test_entry_point_runs_as_a_module(tmp_path):
     result = subprocess.run(
         [

@@ -56,7 +56,7 @@ def summary_table(record: dict[str, Any]) -> str:
     privacy = record["privacy"]
     eps = privacy["epsilon"]
     eps_text = "none (no DP)" if eps is None else f"{eps:.3g} (delta={privacy['delta']:g})"
-    lines.append(f"privacy mode: {privacy['mode']}   epsilon: {eps_text}")
+    lines.append(f"method: {config.method}   privacy mode: {privacy['mode']}   epsilon: {eps_text}")
     lines.append(f"{'label':<16}{'role':<10}{'metric':<16}{'test':>8}")
     for spec in config.all_labels:
         role = "public" if spec.name in record["tasks"] else "private"
@@ -162,6 +162,58 @@ def train(
         _fail(exc)
     typer.echo(summary_table(record))
     typer.echo(f"run dir: {out}")
+
+
+@app.command("add-task")
+def add_task(
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run dir.")],
+    task: Annotated[str, typer.Option(help="Name of the new public task.")],
+    column: Annotated[
+        str | None, typer.Option(help="The dataset's label column (default: the task name).")
+    ] = None,
+    kind: Annotated[str, typer.Option(help="binary, multiclass or a dense kind.")] = "binary",
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs for the new module (default: the run's).")
+    ] = None,
+    omega: Annotated[
+        float | None,
+        typer.Option(help="SSIM weight against the other modules (default: the run's)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the extended run here instead of into RUN_DIR.")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder, overriding data.root.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Add a task to a finished run: train only its module and head (encoder frozen)."""
+    from .config import LabelSpec
+    from .experiment import add_task as add_task_to_run
+
+    try:
+        spec = LabelSpec(name=task, column=column or task, kind=kind)
+        if out is not None and out.resolve() != run_dir.resolve():
+            _refuse_finished(out)
+        record = add_task_to_run(
+            run_dir,
+            spec,
+            epochs=epochs,
+            omega=omega,
+            out=out,
+            data_root=data_root,
+            progress=not quiet,
+        )
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    added = record["added_tasks"][-1]
+    typer.echo(summary_table(record))
+    eps = (
+        ""
+        if added["epsilon_after"] is None
+        else (f"; epsilon {added['epsilon_before']:.3g} -> {added['epsilon_after']:.3g}")
+    )
+    typer.echo(f"added {task} in {added['seconds']:.1f} s{eps}; run dir: {out or run_dir}")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,9 @@ __all__ = [
     "CLASSIFICATION_KINDS",
     "DENSE_KINDS",
     "PRIVACY_MODES",
+    "METHODS",
+    "DeepObfuscatorConfig",
+    "KDMTLConfig",
     "LabelSpec",
     "DataConfig",
     "ModelConfig",
@@ -41,6 +44,8 @@ CLASSIFICATION_KINDS = ("binary", "multiclass")
 DENSE_KINDS = ("segmentation", "depth", "normals")
 LABEL_KINDS = CLASSIFICATION_KINDS + DENSE_KINDS
 PRIVACY_MODES = ("none", "task", "input", "both")
+METHODS = ("metamorphosis", "universal", "deepobfuscator", "kd-mtl")
+BASELINE_METHODS = ("universal", "deepobfuscator", "kd-mtl")  # no DP, no SSIM term
 ACCOUNTANTS = ("prv", "rdp")
 SIMILARITIES = ("ssim", "ms-ssim")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -273,6 +278,45 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DeepObfuscatorConfig:
+    """Weights of ``method: deepobfuscator`` (Li et al., IoTDI 2021).
+
+    The encoder minimises the task losses plus ``reconstruction_weight`` ×
+    SSIM(x, D(E(x))) (the adversary decoder's reconstruction should look
+    unlike the input) plus ``attribute_weight`` × the negative entropy of the
+    adversary's private-attribute prediction (it should be uninformed). The
+    adversaries train on detached features, ``adversary_lr`` for their Adam.
+    """
+
+    reconstruction_weight: float = 1.0
+    attribute_weight: float = 1.0
+    adversary_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_positive(
+            "deepobfuscator.reconstruction_weight", self.reconstruction_weight, allow_zero=True
+        )
+        _check_positive("deepobfuscator.attribute_weight", self.attribute_weight, allow_zero=True)
+        _check_positive("deepobfuscator.adversary_lr", self.adversary_lr)
+
+
+@dataclass(frozen=True)
+class KDMTLConfig:
+    """``method: kd-mtl`` (Li & Bilen, ECCV-W 2020): single-task teachers, then a
+    multi-task student whose per-task 1×1 adaptors align its shared features
+    to each teacher's (L2 between channel-normalised maps, × ``distill_weight``).
+    ``teacher_epochs`` defaults to ``train.epochs``."""
+
+    teacher_epochs: int | None = None
+    distill_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.teacher_epochs is not None:
+            _check_int("kd_mtl.teacher_epochs", self.teacher_epochs, minimum=1)
+        _check_positive("kd_mtl.distill_weight", self.distill_weight, allow_zero=True)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole experiment: data, model, public tasks, private attributes,
     privacy and training settings."""
@@ -283,8 +327,22 @@ class Config:
     private_attributes: tuple[LabelSpec, ...] = ()
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    method: str = "metamorphosis"
+    deepobfuscator: DeepObfuscatorConfig = field(default_factory=DeepObfuscatorConfig)
+    kd_mtl: KDMTLConfig = field(default_factory=KDMTLConfig)
 
     def __post_init__(self) -> None:
+        _check_choice("method", self.method, METHODS)
+        if self.method in BASELINE_METHODS and self.privacy.mode != "none":
+            raise ConfigError(
+                f"method={self.method!r} trains without DP-SGD or the SSIM term: "
+                f"set privacy.mode=none (got {self.privacy.mode!r})"
+            )
+        if self.method == "deepobfuscator" and not self.private_attributes:
+            raise ConfigError(
+                "method='deepobfuscator' trains against private attributes: "
+                "name at least one in private_attributes"
+            )
         if not self.tasks:
             raise ConfigError("tasks is empty: name at least one public task")
         names = [spec.name for spec in self.all_labels]
@@ -311,7 +369,7 @@ class Config:
 
     @property
     def module_kind(self) -> str:
-        """Mode ``none`` is universal features by definition: identity modules."""
+        """Mode ``none`` and the baselines publish one shared feature: identity modules."""
         return "identity" if self.privacy.mode == "none" else self.model.module
 
     def with_label_classes(self, num_classes: Mapping[str, int]) -> Config:
@@ -340,7 +398,10 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "privacy": PrivacyConfig,
     "train": TrainConfig,
+    "deepobfuscator": DeepObfuscatorConfig,
+    "kd_mtl": KDMTLConfig,
 }
+_SCALARS = ("method",)  # top-level keys that are plain values, not sections
 
 
 def _build_section(name: str, cls: type, raw: Any) -> Any:
@@ -382,15 +443,17 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from plain data (parsed YAML)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the config must be a mapping of sections")
-    allowed = set(_SECTIONS) | {"tasks", "private_attributes"}
+    allowed = set(_SECTIONS) | set(_SCALARS) | {"tasks", "private_attributes"}
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"unknown section(s): {unknown}; allowed: {sorted(allowed)}")
     sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in _SECTIONS.items()}
+    scalars = {name: raw[name] for name in _SCALARS if name in raw}
     return Config(
         tasks=_build_labels("tasks", raw.get("tasks")),
         private_attributes=_build_labels("private_attributes", raw.get("private_attributes")),
         **sections,
+        **scalars,
     )
 
 
@@ -410,15 +473,18 @@ def _lists_for_tuples(value: Any) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) in place.
 
-    List items are addressed by index: ``tasks.0.column=Smiling``.
+    List items are addressed by index: ``tasks.0.column=Smiling``; a
+    top-level value has no section: ``method=kd-mtl``.
     """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.sub=value")
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
-        if len(keys) < 2 or not all(keys):
-            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        if not all(keys) or (len(keys) < 2 and keys[0] not in _SCALARS):
+            raise ConfigError(
+                f"--set {item!r}: expected section.key=value (or one of {list(_SCALARS)}=value)"
+            )
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:

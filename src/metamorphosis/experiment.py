@@ -1,23 +1,29 @@
 """From a config to a finished run dir: data, training phases, run files.
 
-This is the one place the CLI's ``train`` and ``demo`` call; library users
-can call :func:`train_run` directly.
+This is the one place the CLI's ``train``, ``demo`` and ``add-task`` call;
+library users can call :func:`train_run` and :func:`add_task` directly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Config, load_config
+from safetensors.torch import load_file
+from torch import nn
+
+from .config import Config, LabelSpec, config_from_dict, load_config
 from .data import build_datasets
-from .rundir import write_run
+from .errors import ConfigError, RunDirError
+from .privacy.accounting import DPPhase
+from .rundir import HEADS_FILE, PRODUCER_FILE, read_run_json, write_run
 from .train.checkpoint import CHECKPOINT_NAME
-from .train.loop import Trainer
+from .train.loop import PhasePlan, Trainer
 from .train.remote import TrainingHub
 
-__all__ = ["train_run", "demo_config", "DEMO_CONFIG_PATH"]
+__all__ = ["train_run", "add_task", "demo_config", "DEMO_CONFIG_PATH"]
 
 DEMO_CONFIG_PATH = Path(__file__).with_name("demo.yaml")
 
@@ -52,3 +58,113 @@ def train_run(
     record = write_run(out, config, trainer.producer, trainer.heads, result, data.transform)
     (Path(out) / CHECKPOINT_NAME).unlink(missing_ok=True)
     return record
+
+
+def add_task(
+    run_dir: str | Path,
+    spec: LabelSpec,
+    *,
+    epochs: int | None = None,
+    omega: float | None = None,
+    out: str | Path | None = None,
+    data_root: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Add the public task ``spec`` to a finished MetaMorphosis run without retraining it.
+
+    Only the new task's module and head train, for ``epochs`` (default: the
+    run's ``train.epochs``), against the frozen encoder, with the run's SSIM
+    term (or weight ``omega``) between the new module and every existing one
+    (private ones included). With DP, the run's noise multiplier and sample rate are kept
+    and ε is the composition of the run's phases and this one. The encoder
+    and the existing modules and heads are not touched, so existing tasks'
+    features stay bit-identical. The run dir (or ``out``) is rewritten with
+    the new task; ``run.json`` lists each addition under ``added_tasks``.
+
+    Returns:
+        The new ``run.json`` record.
+    """
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir
+    record = read_run_json(run_dir)
+    config = config_from_dict(record["config"])
+    _check_addable(config, spec)
+    extended = dataclasses.replace(config, tasks=(*config.tasks, spec))
+    data = build_datasets(
+        extended.data, extended.all_labels, seed=config.train.seed, root=data_root
+    )
+    extended = extended.with_label_classes(data.num_classes)
+    privacy = config.privacy
+    phase = PhasePlan(
+        name=f"add-{spec.name}",
+        labels=(spec.name,),
+        train_encoder=False,
+        dp=privacy.uses_dp,
+        omega=_added_omega(privacy, omega),
+        epochs=epochs or config.train.epochs,
+        compared=tuple(s.name for s in config.all_labels),
+    )
+    trainer = Trainer(
+        extended,
+        data,
+        out,
+        progress=progress,
+        phases=[phase],
+        noise_multiplier=record["privacy"]["noise_multiplier"],
+        prior_dp_phases=[DPPhase(**p) for p in record["privacy"]["phases"]],
+    )
+    _load_except(trainer.producer, run_dir / PRODUCER_FILE, f"task_modules.{spec.name}.")
+    _load_except(trainer.heads, run_dir / HEADS_FILE, f"{spec.name}.")
+    result = trainer.fit()
+    trainer.producer.cpu()
+    trainer.heads.cpu()
+    added = {
+        "task": spec.name,
+        "epochs": phase.epochs,
+        "omega": phase.omega,
+        "seconds": round(result.seconds, 2),
+        "epsilon_before": record["privacy"]["epsilon"],
+        "epsilon_after": result.epsilon,
+    }
+    extra = {
+        "train_seconds": round(record.get("train_seconds", 0.0) + result.seconds, 2),
+        "added_tasks": [*record.get("added_tasks", []), added],
+    }
+    new_record = write_run(
+        out, extended, trainer.producer, trainer.heads, result, data.transform, extra
+    )
+    (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+    return new_record
+
+
+def _added_omega(privacy, omega: float | None) -> float:
+    if omega is None:
+        return privacy.omega if privacy.uses_task_privacy else 0.0
+    if omega < 0:
+        raise ConfigError(f"omega={omega!r} is invalid: expected a number >= 0")
+    return float(omega)
+
+
+def _check_addable(config: Config, spec: LabelSpec) -> None:
+    if config.method != "metamorphosis" or config.privacy.mode == "none":
+        raise ConfigError(
+            f"add-task needs a MetaMorphosis run with task modules; this run is "
+            f"method={config.method!r}, privacy.mode={config.privacy.mode!r} (one shared "
+            "feature for every task: retrain it with the new task instead)"
+        )
+    names = [s.name for s in config.all_labels]
+    if spec.name in names:
+        raise ConfigError(f"task {spec.name!r} already exists in this run: {names}")
+
+
+def _load_except(module: nn.Module, path: Path, new_prefix: str) -> None:
+    """The run's weights into ``module``; only the new task's (``new_prefix``) may be absent."""
+    if not path.is_file():
+        raise RunDirError(f"{path.parent} is incomplete: {path.name} is missing")
+    result = module.load_state_dict(load_file(str(path)), strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(new_prefix)]
+    if missing or result.unexpected_keys:
+        raise RunDirError(
+            f"{path} does not fit the run's config: missing {missing}, "
+            f"unexpected {result.unexpected_keys}"
+        )

@@ -44,8 +44,12 @@ def write_run(
     heads: nn.ModuleDict,
     result: TrainResult,
     transform: ImageTransform,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write weights and ``run.json`` (last, so its presence means 'complete')."""
+    """Write weights and ``run.json`` (last, so its presence means 'complete').
+
+    ``extra`` adds (or replaces) top-level entries of ``run.json``.
+    """
     run_dir = Path(run_dir)
     save_safetensors(run_dir / PRODUCER_FILE, producer.state_dict(), {"format": "metamorphosis"})
     save_safetensors(run_dir / HEADS_FILE, heads.state_dict(), {"format": "metamorphosis"})
@@ -75,6 +79,7 @@ def write_run(
         "swap_matrix": result.swap,
         "transform": transform.to_dict(),
         "train_seconds": round(result.seconds, 2),
+        **(extra or {}),
     }
     write_json(run_dir / RUN_JSON, record)
     return record

@@ -10,6 +10,12 @@
   module trained with the SSIM term against every other (public and private),
   encoder frozen unless ``privacy.freeze_encoder`` is false, updates still DP.
 
+The baselines (``method``, see :mod:`.baselines`) run through the same loop:
+``universal`` is mode ``none``; ``deepobfuscator`` is one ``adversarial``
+phase; ``kd-mtl`` is phase ``teachers`` then phase ``student``. Adding a task
+to a finished run (:mod:`.add_task`) is one more phase that trains only the
+new module, with the SSIM term against the frozen existing modules.
+
 All DP phases share one noise multiplier and sample rate, calibrated so the
 composition of every DP step meets ``target_epsilon``. Heads (consumers) are
 trained without DP: only producer-side parameters see private gradients
@@ -41,19 +47,33 @@ from ..errors import CheckpointError
 from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
 from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
+from .baselines import (
+    build_auxiliary,
+    deepobfuscator_step,
+    distill_step,
+    teachers_step,
+)
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
 from .remote import RemoteConsumer, TrainingHub
-from .split import Consumer, ConsumerLike, producer_step
+from .split import Consumer, ConsumerLike, StepResult, producer_step
 
 __all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer"]
 
 LOG_EVERY_STEPS = 10
 
 
+PHASE_KINDS = ("split", "adversarial", "teachers", "student")
+
+
 @dataclass(frozen=True)
 class PhasePlan:
-    """What one phase trains: which labels, which producer parts, DP or not."""
+    """What one phase trains: which labels, which producer parts, DP or not.
+
+    ``kind`` picks the step: ``split`` (:func:`~.split.producer_step`) or a
+    baseline's (:mod:`.baselines`). ``compared`` names frozen modules whose
+    features also enter the SSIM term (the existing ones when adding a task).
+    """
 
     name: str
     labels: tuple[str, ...]
@@ -61,15 +81,25 @@ class PhasePlan:
     dp: bool
     omega: float
     epochs: int
+    kind: str = "split"
+    compared: tuple[str, ...] = ()
 
 
 def plan_phases(config: Config) -> list[PhasePlan]:
-    """The phases of Algorithm 2 for ``config.privacy.mode``."""
+    """The phases of Algorithm 2 for ``config.privacy.mode``, or of a baseline ``method``."""
     privacy, train = config.privacy, config.train
     everyone = tuple(spec.name for spec in config.all_labels)
+    public = tuple(spec.name for spec in config.tasks)
+    if config.method == "deepobfuscator":
+        return [PhasePlan("adversarial", everyone, True, False, 0.0, train.epochs, "adversarial")]
+    if config.method == "kd-mtl":
+        teacher_epochs = config.kd_mtl.teacher_epochs or train.epochs
+        return [
+            PhasePlan("teachers", public, False, False, 0.0, teacher_epochs, "teachers"),
+            PhasePlan("student", everyone, True, False, 0.0, train.epochs, "student"),
+        ]
     if privacy.mode == "both":
         private = tuple(spec.name for spec in config.private_attributes)
-        public = tuple(spec.name for spec in config.tasks)
         encoder_phase = PhasePlan(
             name="encoder",
             labels=private or public,
@@ -183,6 +213,11 @@ class Trainer:
         progress: show tqdm bars (they hide themselves off a terminal).
         remote: a hub whose consumers, in other processes, train the heads of
             ``remote.tasks`` (public tasks); the other heads train here.
+        phases: the phases to run instead of :func:`plan_phases` (adding a task).
+        noise_multiplier: the DP noise instead of calibrating it to
+            ``privacy.target_epsilon`` for ``phases``.
+        prior_dp_phases: DP phases already spent on these weights; ε and the
+            run's phase list compose them with this run's.
     """
 
     def __init__(
@@ -193,6 +228,9 @@ class Trainer:
         *,
         progress: bool = True,
         remote: TrainingHub | None = None,
+        phases: Sequence[PhasePlan] | None = None,
+        noise_multiplier: float | None = None,
+        prior_dp_phases: Sequence[DPPhase] = (),
     ):
         self.config = config
         self.remote = remote
@@ -208,6 +246,9 @@ class Trainer:
             config, self.network, data.input_shape, preprocess=data.transform
         ).to(self.device)
         self.heads = build_heads(config.all_labels, self.network, data.input_shape).to(self.device)
+        self.auxiliary = build_auxiliary(
+            config, data.input_shape, self.network.feature_shape(data.input_shape)
+        ).to(self.device)
         head_lr = config.train.head_lr or config.train.lr
         self.local_consumers: dict[str, Consumer] = {
             spec.name: Consumer(
@@ -228,10 +269,11 @@ class Trainer:
                 if spec.name in remote.tasks:
                     self.consumers[spec.name] = RemoteConsumer(spec, remote)
                     del self.local_consumers[spec.name]
-        self.phases = plan_phases(config)
+        self.phases = list(phases) if phases is not None else plan_phases(config)
+        self.prior_dp_phases = list(prior_dp_phases)
         self.batch_size = min(config.train.batch_size, _size(data.train))
         self.sample_rate = self.batch_size / _size(data.train)
-        self.noise_multiplier = self._noise_multiplier()
+        self.noise_multiplier = noise_multiplier or self._noise_multiplier()
         self._epsilon_cache: dict[tuple[int, ...], float | None] = {}
 
     # -- planning -----------------------------------------------------------------
@@ -293,6 +335,10 @@ class Trainer:
         for name in phase.labels:
             freeze(self.producer.task_modules[name], False)
         params = [p for p in self.producer.parameters() if p.requires_grad]
+        if phase.kind == "student":  # the adaptors learn with the encoder they align
+            params += [
+                p for t in self.config.tasks for p in self.auxiliary.adaptor(t.name).parameters()
+            ]
         train = self.config.train
         optimizer = (
             make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
@@ -312,7 +358,7 @@ class Trainer:
         return model, optimizer
 
     def _dp_phases(self, steps_done: Sequence[int]) -> list[DPPhase]:
-        return [
+        return self.prior_dp_phases + [
             DPPhase(phase.name, float(self.noise_multiplier or 0.0), self.sample_rate, steps)
             for phase, steps in zip(self.phases, steps_done, strict=True)
             if phase.dp and steps > 0
@@ -341,8 +387,50 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             return self._train_batches(phase, model, optimizer, bar, log, epoch)
 
+    def _step(self, phase: PhasePlan, model, optimizer, images, targets) -> StepResult:
+        """One training step of ``phase``, by its kind."""
+        config = self.config
+        if phase.kind == "adversarial":
+            return deepobfuscator_step(
+                model,
+                optimizer,
+                self.auxiliary,
+                images,
+                targets,
+                self.consumers,
+                config.tasks,
+                config.private_attributes,
+                self.heads,
+                reconstruction_weight=config.deepobfuscator.reconstruction_weight,
+                attribute_weight=config.deepobfuscator.attribute_weight,
+            )
+        if phase.kind == "teachers":
+            return teachers_step(self.auxiliary, images, targets, config.tasks)
+        if phase.kind == "student":
+            return distill_step(
+                model,
+                optimizer,
+                self.auxiliary,
+                images,
+                targets,
+                self.consumers,
+                config.all_labels,
+                distill_weight=config.kd_mtl.distill_weight,
+            )
+        return producer_step(
+            model,
+            optimizer,
+            images,
+            targets,
+            self.consumers,
+            phase.labels,
+            compared=phase.compared,
+            omega=phase.omega,
+            similarity=config.privacy.similarity,
+            data_range=config.privacy.ssim_data_range,
+        )
+
     def _train_batches(self, phase, model, optimizer, bar, log, epoch: int) -> dict:
-        privacy = self.config.privacy
         totals: dict[str, float] = {}
         seen = 0
         for step, (images, targets, index) in enumerate(bar):
@@ -351,17 +439,7 @@ class Trainer:
                 self.remote.current_ids = [item_ids[i] for i in index.tolist()]
             images = images.to(self.device)
             targets = {k: v.to(self.device) for k, v in targets.items()}
-            result = producer_step(
-                model,
-                optimizer,
-                images,
-                targets,
-                self.consumers,
-                phase.labels,
-                omega=phase.omega,
-                similarity=privacy.similarity,
-                data_range=privacy.ssim_data_range,
-            )
+            result = self._step(phase, model, optimizer, images, targets)
             for name, value in {**result.losses, "ssim_term": result.privacy_term}.items():
                 totals[name] = totals.get(name, 0.0) + value * result.batch_size
             seen += result.batch_size
@@ -395,6 +473,8 @@ class Trainer:
                 n: c.optimizer.state_dict() for n, c in self.local_consumers.items()
             },
             "producer_optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "auxiliary": self.auxiliary.state_dict(),
+            "auxiliary_optimizers": self.auxiliary.optimizer_states(),
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(config_to_dict(self.config), sort_keys=True),
             "noise_multiplier": self.noise_multiplier,
@@ -415,6 +495,8 @@ class Trainer:
         self.heads.load_state_dict(state["heads"])
         for name, consumer in self.local_consumers.items():
             consumer.optimizer.load_state_dict(state["head_optimizers"][name])
+        self.auxiliary.load_state_dict(state.get("auxiliary", {}))  # older checkpoints: none
+        self.auxiliary.load_optimizer_states(state.get("auxiliary_optimizers", {}))
         torch.set_rng_state(state["torch_rng"])
         return state
 
@@ -449,14 +531,7 @@ class Trainer:
                 train_losses = self._train_epoch(phase, model, optimizer, loader, log, epoch)
                 if phase.dp:
                     steps_done[index] += self.steps_per_epoch
-                val, _ = evaluate(
-                    self.producer,
-                    self.heads,
-                    self._labels([n for n in phase.labels if n in self.local_consumers]),
-                    val_loader,
-                    self.device,
-                    swap=False,
-                )
+                val = self._validate(phase, val_loader)
                 log(
                     {
                         "event": "epoch",
@@ -500,6 +575,14 @@ class Trainer:
             sample_rate=self.sample_rate,
             seconds=time.perf_counter() - started,
         )
+
+    def _validate(self, phase: PhasePlan, loader: DataLoader) -> dict[str, dict[str, float]]:
+        """Validation metrics of the phase's local labels (none while teachers train)."""
+        names = [] if phase.kind == "teachers" else phase.labels
+        labels = self._labels([n for n in names if n in self.local_consumers])
+        if not labels:
+            return {}
+        return evaluate(self.producer, self.heads, labels, loader, self.device, swap=False)[0]
 
     def _labels(self, names: Sequence[str]):
         return [spec for spec in self.config.all_labels if spec.name in names]

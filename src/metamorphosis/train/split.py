@@ -82,6 +82,7 @@ def producer_step(
     consumers: Mapping[str, ConsumerLike],
     names: Sequence[str],
     *,
+    compared: Sequence[str] = (),
     omega: float = 0.0,
     similarity: str = "ssim",
     data_range: float = 1.0,
@@ -97,14 +98,16 @@ def producer_step(
         targets: labels by name (read only by the consumers).
         consumers: one :class:`Consumer` per name.
         names: the labels trained in this phase.
+        compared: more labels whose (frozen) modules' features enter the
+            task-privacy term but get no consumer step (adding a task).
         omega: weight of the task-privacy term ω·Σ_{i≠j} SSIM(g_i, g_j).
     """
-    features = producer(images, names=names)
+    features = producer(images, names=[*names, *(n for n in compared if n not in names)])
     replies = {name: consumers[name].step(features[name], targets[name]) for name in names}
     roots = [features[name] for name in names]
     grads = [replies[name].grad for name in names]
     privacy_value = 0.0
-    if omega > 0 and len(names) >= 2:
+    if omega > 0 and len(features) >= 2:
         per_sample = task_privacy_loss(
             features, omega=omega, similarity=similarity, data_range=data_range
         )

@@ -1,0 +1,239 @@
+"""The baselines (``method:``): config, the direction of each step, run dirs, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metamorphosis import load_producer
+from metamorphosis.config import LabelSpec, apply_overrides, config_from_dict
+from metamorphosis.errors import ConfigError
+from metamorphosis.experiment import train_run
+from metamorphosis.losses.ssim import ssim_per_sample
+from metamorphosis.train import checkpoint as checkpoint_module
+from metamorphosis.train.baselines import (
+    Auxiliary,
+    Teacher,
+    deepobfuscator_step,
+    distill_step,
+    prediction_entropy,
+    teachers_step,
+)
+from metamorphosis.train.loop import plan_phases
+from metamorphosis.train.split import ConsumerReply
+from tiny import tiny_config_dict
+
+
+def _method(method: str, **train) -> dict:
+    raw = tiny_config_dict("none", **train)
+    raw["method"] = method
+    return raw
+
+
+def test_method_is_checked_against_the_privacy_mode_and_the_labels():
+    assert config_from_dict(tiny_config_dict("both")).method == "metamorphosis"
+    with pytest.raises(ConfigError, match="method='sparse' is invalid"):
+        config_from_dict(_method("sparse"))
+    with pytest.raises(ConfigError, match="set privacy.mode=none"):
+        config_from_dict({**tiny_config_dict("both"), "method": "kd-mtl"})
+    no_private = {**_method("deepobfuscator"), "private_attributes": []}
+    with pytest.raises(ConfigError, match="at least one in private_attributes"):
+        config_from_dict(no_private)
+    raw = apply_overrides(tiny_config_dict("none"), ["method=universal", "kd_mtl.distill_weight=2"])
+    config = config_from_dict(raw)
+    assert (config.method, config.kd_mtl.distill_weight) == ("universal", 2)
+    with pytest.raises(ConfigError, match="deepobfuscator.attribute_weight"):
+        config_from_dict({**_method("deepobfuscator"), "deepobfuscator": {"attribute_weight": -1}})
+
+
+def test_each_method_plans_its_phases():
+    def kinds(raw):
+        return [(p.name, p.kind, p.dp) for p in plan_phases(config_from_dict(raw))]
+
+    assert kinds(_method("universal")) == [("joint", "split", False)]
+    assert kinds(_method("deepobfuscator")) == [("adversarial", "adversarial", False)]
+    kd = {**_method("kd-mtl"), "kd_mtl": {"teacher_epochs": 3}}
+    assert kinds(kd) == [("teachers", "teachers", False), ("student", "student", False)]
+    assert [p.epochs for p in plan_phases(config_from_dict(kd))] == [3, 2]
+
+
+def test_prediction_entropy_matches_the_definition():
+    logits = torch.tensor([[0.0], [2.0], [-30.0]])
+    p = torch.sigmoid(logits[:, 0])
+    expected = -(p * p.log() + (1 - p) * (1 - p).clamp_min(1e-30).log())
+    torch.testing.assert_close(prediction_entropy("binary", logits), expected)
+    uniform = prediction_entropy("multiclass", torch.zeros(2, 5))
+    torch.testing.assert_close(uniform, torch.full((2,), math.log(5)))
+    assert prediction_entropy("multiclass", torch.tensor([[50.0, 0.0, 0.0]]))[0] < 1e-6
+
+
+class _SilentConsumer:
+    """A consumer whose task needs nothing from the features (zero gradient)."""
+
+    def __init__(self, head: nn.Module | None = None):
+        self.head = head
+
+    def step(self, features, target, *, update=True):
+        return ConsumerReply(grad=torch.zeros_like(features), loss=0.0)
+
+
+class _Producer(nn.Module):
+    """An encoder with identity modules, as every baseline publishes."""
+
+    def __init__(self, kernel_size: int = 3):
+        super().__init__()
+        self.encoder = nn.Conv2d(3, 4, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, images, names):
+        shared = self.encoder(images)
+        return {name: shared for name in names}
+
+
+def test_deepobfuscator_moves_the_encoder_away_from_both_adversaries():
+    torch.manual_seed(0)
+    producer = _Producer()
+    decoder = nn.Sequential(nn.Conv2d(4, 3, 1), nn.Sigmoid())
+    attacker = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 1))
+    auxiliary = Auxiliary(
+        nn.ModuleDict({"decoder": decoder}), {"decoder": torch.optim.SGD(decoder.parameters(), 0)}
+    )
+    task, private = LabelSpec("shape", kind="binary"), LabelSpec("gender", kind="binary")
+    images = torch.rand(16, 3, 8, 8)
+
+    def similarity_and_entropy():
+        with torch.no_grad():
+            shared = producer.encoder(images)
+            return (
+                float(ssim_per_sample(decoder(shared), images).mean()),
+                float(prediction_entropy("binary", attacker(shared)).mean()),
+            )
+
+    before = similarity_and_entropy()
+    for _ in range(5):
+        deepobfuscator_step(
+            producer,
+            torch.optim.SGD(producer.parameters(), lr=0.05),
+            auxiliary,
+            images,
+            {"shape": torch.zeros(16), "gender": torch.zeros(16)},
+            {"shape": _SilentConsumer(), "gender": _SilentConsumer(attacker)},
+            [task],
+            [private],
+            {"gender": attacker},
+            reconstruction_weight=1.0,
+            attribute_weight=1.0,
+        )
+    after = similarity_and_entropy()
+    assert after[0] < before[0]  # the fixed decoder reconstructs worse
+    assert after[1] > before[1]  # the fixed attacker is less sure
+
+
+def test_the_deepobfuscator_adversary_decoder_learns_to_reconstruct():
+    torch.manual_seed(0)
+    producer = _Producer(kernel_size=1)  # invertible per pixel: a 1×1 decoder can undo it
+    decoder = nn.Sequential(nn.Conv2d(4, 3, 1), nn.Sigmoid())
+    auxiliary = Auxiliary(
+        nn.ModuleDict({"decoder": decoder}),
+        {"decoder": torch.optim.Adam(decoder.parameters(), lr=0.05)},
+    )
+    images = torch.rand(16, 3, 8, 8)
+    losses = [
+        deepobfuscator_step(
+            producer,
+            torch.optim.SGD(producer.parameters(), lr=0.0),
+            auxiliary,
+            images,
+            {"shape": torch.zeros(16)},
+            {"shape": _SilentConsumer()},
+            [LabelSpec("shape", kind="binary")],
+            [],
+            {},
+            reconstruction_weight=1.0,
+            attribute_weight=1.0,
+        ).losses["adversary_reconstruction"]
+        for _ in range(100)
+    ]
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_kd_mtl_teachers_learn_and_the_student_moves_towards_them():
+    torch.manual_seed(0)
+    spec = LabelSpec("large", kind="binary")
+    teacher = Teacher(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Flatten(), nn.Linear(256, 1)))
+    adaptor = nn.Conv2d(4, 4, 1)
+    auxiliary = Auxiliary(
+        nn.ModuleDict(
+            {
+                "teachers": nn.ModuleDict({"large": teacher}),
+                "adaptors": nn.ModuleDict({"large": adaptor}),
+            }
+        ),
+        {"teacher/large": torch.optim.Adam(teacher.parameters(), lr=0.01)},
+    )
+    images, labels = torch.rand(16, 3, 8, 8), (torch.rand(16) > 0.5).float()
+    teacher_losses = [
+        teachers_step(auxiliary, images, {"large": labels}, [spec]).losses["teacher_large"]
+        for _ in range(20)
+    ]
+    assert teacher_losses[-1] < 0.5 * teacher_losses[0]
+    producer = _Producer()
+    optimizer = torch.optim.Adam([*producer.parameters(), *adaptor.parameters()], lr=0.01)
+    distances = [
+        distill_step(
+            producer,
+            optimizer,
+            auxiliary,
+            images,
+            {"large": labels},
+            {"large": _SilentConsumer()},
+            [spec],
+            distill_weight=1.0,
+        ).losses["distill"]
+        for _ in range(20)
+    ]
+    assert distances[-1] < 0.5 * distances[0]
+
+
+@pytest.mark.parametrize("method", ["universal", "deepobfuscator", "kd-mtl"])
+def test_every_baseline_writes_a_run_dir_of_shared_features(tmp_path, method):
+    record = train_run(config_from_dict(_method(method)), tmp_path / method, progress=False)
+    assert record["config"]["method"] == method
+    assert record["privacy"]["epsilon"] is None and record["privacy"]["phases"] == []
+    assert set(record["metrics"]) == {"shape", "large", "background"}
+    producer = load_producer(tmp_path / method)
+    images = torch.rand(4, 3, 16, 16)
+    features = producer(images)
+    torch.testing.assert_close(features["shape"], features["large"])  # one shared map
+    torch.testing.assert_close(features["shape"], producer.encode(images))
+    assert not (tmp_path / method / "checkpoint.pt").exists()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_kd_mtl_resumes_after_the_teachers_with_the_same_result(tmp_path, monkeypatch):
+    import metamorphosis.train.loop as loop
+
+    config = config_from_dict({**_method("kd-mtl"), "kd_mtl": {"teacher_epochs": 1}})
+    reference = train_run(config, tmp_path / "straight", progress=False)
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise _Interrupt  # killed right after the teachers' only epoch
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    with pytest.raises(_Interrupt):
+        train_run(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed = train_run(config, tmp_path / "resumed", progress=False)
+    events = [
+        json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert {"event": "resume", "phase": "student", "epoch": 0} in events
+    assert resumed["metrics"] == reference["metrics"]
