@@ -75,8 +75,8 @@ def add_task(
     Only the new task's module and head train, for ``epochs`` (default: the
     run's ``train.epochs``), against the frozen encoder, with the run's SSIM
     term (or weight ``omega``) between the new module and every existing one
-    (private ones included). With DP, the run's noise multiplier and sample rate are kept
-    and ε is the composition of the run's phases and this one. The encoder
+    (private ones included). With DP, the run's noise multiplier and sample
+    rate are kept and ε is the composition of the run's phases and this one. The encoder
     and the existing modules and heads are not touched, so existing tasks'
     features stay bit-identical. The run dir (or ``out``) is rewritten with
     the new task; ``run.json`` lists each addition under ``added_tasks``.
@@ -89,6 +89,8 @@ def add_task(
     record = read_run_json(run_dir)
     config = config_from_dict(record["config"])
     _check_addable(config, spec)
+    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+        raise ConfigError(f"epochs={epochs!r} is invalid: expected an integer >= 1")
     extended = dataclasses.replace(config, tasks=(*config.tasks, spec))
     data = build_datasets(
         extended.data, extended.all_labels, seed=config.train.seed, root=data_root

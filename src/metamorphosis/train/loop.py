@@ -13,8 +13,9 @@
 The baselines (``method``, see :mod:`.baselines`) run through the same loop:
 ``universal`` is mode ``none``; ``deepobfuscator`` is one ``adversarial``
 phase; ``kd-mtl`` is phase ``teachers`` then phase ``student``. Adding a task
-to a finished run (:mod:`.add_task`) is one more phase that trains only the
-new module, with the SSIM term against the frozen existing modules.
+to a finished run (:func:`metamorphosis.experiment.add_task`) is one more
+phase that trains only the new module, with the SSIM term against the frozen
+existing modules.
 
 All DP phases share one noise multiplier and sample rate, calibrated so the
 composition of every DP step meets ``target_epsilon``. Heads (consumers) are
@@ -61,9 +62,6 @@ from .split import Consumer, ConsumerLike, StepResult, producer_step
 __all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer"]
 
 LOG_EVERY_STEPS = 10
-
-
-PHASE_KINDS = ("split", "adversarial", "teachers", "student")
 
 
 @dataclass(frozen=True)
