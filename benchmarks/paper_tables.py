@@ -225,7 +225,7 @@ TABLES = {
                 CELEBA2,
                 "celeba",
                 (),
-                added_task={"task": "cheekbones", "column": "High_Cheekbones", "kind": "binary"},
+                added_task={"name": "cheekbones", "column": "High_Cheekbones", "kind": "binary"},
             ),
             "retrain MetaMorphosis with 3 tasks": CELEBA_RUNS["omega_0.001"],
             "retrain DeepObfuscator with 3 tasks": CELEBA_RUNS["deepobfuscator"],
