@@ -237,8 +237,9 @@ def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen)
     from .serve.keys import KeyStore
     from .serve.server import KEYS_FILE, check_bind
     from .serve.training import TrainingServer
-    from .train.remote import TrainingHub
+    from .train.remote import TrainingHub, check_remote_method
 
+    check_remote_method(config.method)
     if (listen.ssl_certfile is None) != (listen.ssl_keyfile is None):
         raise MetaMorphosisError("give both --ssl-certfile and --ssl-keyfile, or neither")
     check_bind(listen.host, tls=listen.ssl_certfile is not None, insecure=listen.insecure)

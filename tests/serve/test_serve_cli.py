@@ -78,3 +78,18 @@ def test_remote_training_refuses_plaintext_on_a_public_address(tmp_path):
     half_tls = [*command[:-2], "--ssl-certfile", "c.pem"]
     _one_line_error(runner.invoke(app, half_tls), "--ssl-keyfile")
     assert not (out / "keys.json").exists()  # refused before any key was issued
+
+
+def test_remote_training_refuses_kd_mtl_before_issuing_keys(tmp_path):
+    import yaml
+
+    from tiny import tiny_config_dict
+
+    raw = tiny_config_dict("none")
+    raw["method"] = "kd-mtl"
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", str(config), "--out", str(out), "--remote"])
+    _one_line_error(result, "method 'kd-mtl' cannot train with remote consumers")
+    assert not (out / "keys.json").exists()

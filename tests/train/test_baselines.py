@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,6 +211,19 @@ def test_every_baseline_writes_a_run_dir_of_shared_features(tmp_path, method):
     torch.testing.assert_close(features["shape"], features["large"])  # one shared map
     torch.testing.assert_close(features["shape"], producer.encode(images))
     assert not (tmp_path / method / "checkpoint.pt").exists()
+    logged = _logged_terms(tmp_path / method / "metrics.jsonl")
+    expected = {"universal": {"ssim_term"}, "deepobfuscator": {"adversarial_term"}}
+    assert logged == expected.get(method, {"distill_term"})  # kd-mtl's teachers log none
+
+
+def _logged_terms(metrics: Path) -> set[str]:
+    """The extra-term keys of the epoch records: each method names its own term."""
+    terms = set()
+    for line in metrics.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "epoch":
+            terms |= {k for k in event["train"] if k.endswith("_term")}
+    return terms
 
 
 class _Interrupt(Exception):

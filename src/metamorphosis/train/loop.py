@@ -56,7 +56,7 @@ from .baselines import (
 )
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
-from .remote import RemoteConsumer, TrainingHub
+from .remote import RemoteConsumer, TrainingHub, check_remote_method
 from .split import Consumer, ConsumerLike, StepResult, producer_step
 
 __all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer"]
@@ -81,6 +81,14 @@ class PhasePlan:
     epochs: int
     kind: str = "split"
     compared: tuple[str, ...] = ()
+
+
+#: What each phase kind's extra loss term is called in metrics.jsonl (teachers have none).
+EXTRA_TERM_NAMES = {
+    "split": "ssim_term",
+    "adversarial": "adversarial_term",
+    "student": "distill_term",
+}
 
 
 def plan_phases(config: Config) -> list[PhasePlan]:
@@ -263,6 +271,7 @@ class Trainer:
         }
         self.consumers: dict[str, ConsumerLike] = dict(self.local_consumers)
         if remote is not None:
+            check_remote_method(config.method)
             for spec in config.tasks:
                 if spec.name in remote.tasks:
                     self.consumers[spec.name] = RemoteConsumer(spec, remote)
@@ -438,7 +447,9 @@ class Trainer:
             images = images.to(self.device)
             targets = {k: v.to(self.device) for k, v in targets.items()}
             result = self._step(phase, model, optimizer, images, targets)
-            for name, value in {**result.losses, "ssim_term": result.privacy_term}.items():
+            term = EXTRA_TERM_NAMES.get(phase.kind)
+            extra = {term: result.privacy_term} if term else {}
+            for name, value in {**result.losses, **extra}.items():
                 totals[name] = totals.get(name, 0.0) + value * result.batch_size
             seen += result.batch_size
             bar.set_postfix({k: f"{v:.3f}" for k, v in result.losses.items()})
@@ -450,7 +461,7 @@ class Trainer:
                         "epoch": epoch,
                         "step": step,
                         "losses": result.losses,
-                        "ssim_term": result.privacy_term,
+                        **extra,
                     }
                 )
             if not phase.dp and step + 1 >= self.steps_per_epoch:

@@ -29,11 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, LabelSpec
-from ..errors import MetaMorphosisError
+from ..errors import ConfigError, MetaMorphosisError
 from ..models.producer import build_heads, build_network, build_producer
 from .split import ConsumerReply
 
 __all__ = [
+    "check_remote_method",
     "PendingStep",
     "RemoteConsumer",
     "RemoteTimeout",
@@ -49,6 +50,15 @@ class StaleStep(MetaMorphosisError):
 
 class RemoteTimeout(MetaMorphosisError):
     """A consumer did not answer within the deadline and its retries."""
+
+
+def check_remote_method(method: str) -> None:
+    """Refuse a training method that cannot keep the task labels with the consumers."""
+    if method == "kd-mtl":
+        raise ConfigError(
+            "method 'kd-mtl' cannot train with remote consumers: its single-task teachers "
+            "need the task labels on the producer; train it without --remote"
+        )
 
 
 @dataclass
