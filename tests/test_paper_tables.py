@@ -86,3 +86,40 @@ def test_a_table_shows_the_audited_numbers(tables, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "results" / "tiny" / "table.json").read_text())
     assert saved["numbers"]["universal"]["epsilon"] is None
     assert (tmp_path / "results" / "tiny" / "figure.png").stat().st_size > 1000
+
+
+def test_the_add_task_table_sets_the_added_module_against_retraining(tables, tmp_path, monkeypatch):
+    from metamorphosis.config import LabelSpec
+    from metamorphosis.experiment import add_task
+
+    monkeypatch.setattr(tables, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    runs = tmp_path / "runs" / "quick"
+    base = tiny_config_dict("task", epochs=1)
+    base["tasks"] = base["tasks"][:1]  # 'shape' public, 'background' private
+    train_run(config_from_dict(base), runs / "base", progress=False)
+    add_task(
+        runs / "base", LabelSpec("large", "large", "binary"), out=runs / "added", progress=False
+    )
+    train_run(config_from_dict(tiny_config_dict("task", epochs=1)), runs / "all", progress=False)
+    for name in ("added", "all"):
+        run_audit(runs / name, budget="quick", device="cpu", progress=False)
+    table = tables.Table(
+        "tiny_add",
+        "tiny add-task table",
+        {
+            "add-task": tables.Run("added", "unused.yaml", "synthetic", added_task={}),
+            "retrain": tables.Run("all", "unused.yaml", "synthetic"),
+        },
+        "add_task",
+        public=("shape", "large"),
+        private=("background",),
+    )
+    text = tables.render(table, "quick").read_text()
+    added = json.loads((runs / "added" / "run.json").read_text())["added_tasks"][-1]
+    retrain_seconds = json.loads((runs / "all" / "run.json").read_text())["train_seconds"]
+    row = next(x for x in text.splitlines() if x.startswith("| add-task |"))
+    assert row.split(" | ")[1] == f"{added['seconds']:.0f}"  # the add-task step, not the base
+    report = json.loads((runs / "added" / "audit" / "report.json").read_text())
+    assert f"{report['similarity']['ssim']['large|background']:.3f}" in row
+    assert f"{retrain_seconds / added['seconds']:.1f}× that to retrain" in text
