@@ -59,8 +59,8 @@ QUICK_DATA = {
         "data.max_train=4000",
         "data.max_eval=500",
     ],
-    "synthetic": ["data.image_size=32", "data.num_samples=800"],
-    "camvid": ["data.image_size=[48, 64]"],
+    "synthetic": ["data.image_size=32", "data.num_samples=800", "model.encoder=segnet-slim"],
+    "camvid": ["data.image_size=[48, 64]", "model.encoder=segnet-slim"],
 }
 QUICK_TRAIN = [
     "train.epochs=4",
@@ -71,8 +71,8 @@ QUICK_TRAIN = [
 QUICK_DENSE_TRAIN = ["train.epochs=6", "kd_mtl.teacher_epochs=6"]
 QUICK_DESCRIPTION = (
     "32×32 faces / drivers on ResNet-18 at half width, ≤ 4,000 training images, 3 + 4 "
-    "epochs; dense sets at 32×32 (generated) or 48×64 (CamVid), 6 epochs; attackers on "
-    "1,500 items × 5 epochs"
+    "epochs; dense sets on SegNet at half width, 32×32 (generated) or 48×64 (CamVid), 6 "
+    "epochs; attackers on 1,500 items × 5 epochs"
 )
 
 
@@ -181,6 +181,7 @@ class Table:
     private: tuple[str, ...] = ()
     paper: dict[str, dict[str, float]] = field(default_factory=dict)
     note: str = ""
+    cost: bool = False  # show the feature shape and the producer's size (the split trade-off)
 
 
 TABLES = {
@@ -249,6 +250,7 @@ TABLES = {
         "privacy",
         public=("smile", "cheekbones"),
         private=("gender",),
+        cost=True,
     ),
     "add_task": Table(
         "add_task",
@@ -396,7 +398,7 @@ def _row_numbers(table: Table, run_dir: Path) -> dict[str, Any]:
         "device": record["config"]["train"]["device"],
         "train_seconds": record.get("train_seconds"),
         "added_tasks": record.get("added_tasks", []),
-        "producer_mb": report["cost"].get("producer_mb") if report.get("cost") else None,
+        "producer_mb": (report.get("cost") or {}).get("producer", {}).get("size_mb"),
         "feature_shape": record["feature_shapes"][record["tasks"][0]],
         "utility": {t: record["metrics"][t] for t in table.public},
         "kept": {},
@@ -434,6 +436,8 @@ def _privacy_lines(table: Table, numbers: dict[str, dict[str, Any]]) -> list[str
     header = ["run", "ε", *[f"{t} (%)" for t in table.public]]
     header += [f"{k} kept / **retrained** (%)" for k in leaks + cross]
     header += ["recon. PSNR from task features (dB)", "train (s)"]
+    if table.cost:
+        header += ["features", "producer (MB)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, n in numbers.items():
         cells = [label, _eps(n["epsilon"])]
@@ -446,6 +450,8 @@ def _privacy_lines(table: Table, numbers: dict[str, dict[str, Any]]) -> list[str
         psnr = [n["reconstruction"][t]["psnr"] for t in table.public if t in n["reconstruction"]]
         cells.append(_num(max(psnr), 1) if psnr else "—")
         cells.append(_num(n["train_seconds"], 0))
+        if table.cost:
+            cells += ["×".join(map(str, n["feature_shape"])), _num(n["producer_mb"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     any_run = next(iter(numbers.values()))
     majority = ", ".join(f"{k} {_pct(v)}" for k, v in any_run["majority"].items())
