@@ -119,8 +119,6 @@ def test_segnet_split_shapes(split: int) -> None:
     )
     tiny = create_encoder("test_segnet", split_index=split)
     assert tiny.feature_shape((3, 64, 64)) == ((8, 8, 16, 16, 16)[split - 1], side, side)
-    slim = create_encoder("segnet-slim", split_index=split)
-    assert slim.feature_shape((3, 64, 64)) == (channels // 2, side, side)
 
 
 def test_in_channels_is_honoured() -> None:

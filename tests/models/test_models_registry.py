@@ -51,14 +51,7 @@ def test_duplicate_name_raises_listing_existing() -> None:
 
 
 def test_builtin_registries() -> None:
-    assert list_encoders() == [
-        "resnet18",
-        "resnet18-slim",
-        "segnet",
-        "segnet-slim",
-        "test_resnet",
-        "test_segnet",
-    ]
+    assert list_encoders() == ["resnet18", "resnet18-slim", "segnet", "test_resnet", "test_segnet"]
     assert list_encoders() == ENCODERS.names()
     assert list_modules() == ["cross-sec", "identity", "sec"] == MODULES.names()
 

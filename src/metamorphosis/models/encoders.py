@@ -15,8 +15,6 @@ Entries of :data:`ENCODERS`:
   producer side (conv1, bn1, relu, maxpool, layer1..4, avgpool).
 * ``segnet`` — MTAN's SegNet encoder (k ∈ 1..5 encoder stages on the
   producer side) with a mirrored decoder on the consumer side.
-* ``resnet18-slim`` / ``segnet-slim`` — the same at half width, a quarter of
-  the compute, for small images on a CPU (the demo, the quick paper tables).
 * ``test_resnet`` / ``test_segnet`` — tiny versions for CPU unit tests.
 """
 
@@ -437,20 +435,6 @@ def _segnet(*, split_index: int, norm: str = "group", in_channels: int = 3) -> S
         norm=norm,
         in_channels=in_channels,
         channels=(64, 128, 256, 512, 512),
-        convs=(2, 2, 3, 3, 3),
-    )
-
-
-@ENCODERS.register("segnet-slim")
-def _segnet_slim(*, split_index: int, norm: str = "group", in_channels: int = 3) -> SplitNetwork:
-    """SegNet at half width (32…256 channels): a quarter of the compute, for
-    small dense-task images on a CPU. Same split indices as ``segnet``."""
-    return SegNetSplit(
-        "segnet-slim",
-        split_index=split_index,
-        norm=norm,
-        in_channels=in_channels,
-        channels=(32, 64, 128, 256, 256),
         convs=(2, 2, 3, 3, 3),
     )
 
