@@ -90,3 +90,11 @@ def test_dict_round_trip_is_json_safe() -> None:
 def test_from_dict_rejects_what_it_cannot_reproduce(d: dict) -> None:
     with pytest.raises(ConfigError):
         ImageTransform.from_dict(d)
+
+
+def test_to_pixels_undoes_the_normalisation() -> None:
+    array = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    transform = ImageTransform(8, mean=0.4, std=0.3)
+    pixels = transform.to_pixels(transform.from_array(array))
+    expected = torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    torch.testing.assert_close(pixels, expected)

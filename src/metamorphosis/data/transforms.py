@@ -110,6 +110,10 @@ class ImageTransform:
             pixels = self.resize(Image.fromarray(pixels))
         return pixels
 
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Undo the normalisation: this transform's outputs back to pixel range [0, 1]."""
+        return (images * self.std + self.mean).clamp(0.0, 1.0)
+
     def _normalise(self, pixels: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         tensor = tensor.to(torch.float32).div_(255.0)

@@ -158,14 +158,17 @@ def deepobfuscator_step(
     private: Sequence[LabelSpec],
     private_heads: Mapping[str, nn.Module] | nn.ModuleDict,
     *,
+    pixels: Tensor,
     reconstruction_weight: float,
     attribute_weight: float,
 ) -> StepResult:
     """One DeepObfuscator step: adversaries fit the features, then the encoder fools them.
 
-    The private attributes' consumers are the adversary classifiers (their
-    heads, ``private_heads``, train on detached features like any consumer);
-    the encoder never sees their labels, only their predictions' entropy.
+    ``pixels`` are ``images`` in pixel range [0, 1], what the adversary decoder
+    (sigmoid output) reconstructs and SSIM compares. The private attributes'
+    consumers are the adversary classifiers (their heads, ``private_heads``,
+    train on detached features like any consumer); the encoder never sees
+    their labels, only their predictions' entropy.
     """
     decoder = auxiliary.decoder
     decoder_optimizer = auxiliary.optimizers["decoder"]
@@ -173,7 +176,7 @@ def deepobfuscator_step(
     shared = producer(images, names=names)[names[0]]  # identity modules: one map for all
     losses: dict[str, float] = {}
     # 1. the adversaries
-    recon_loss = F.mse_loss(decoder(shared.detach()), images)
+    recon_loss = F.mse_loss(decoder(shared.detach()), pixels)
     decoder_optimizer.zero_grad(set_to_none=True)
     recon_loss.backward()
     decoder_optimizer.step()
@@ -184,7 +187,7 @@ def deepobfuscator_step(
     # 2. the encoder: task gradients from the consumers, adversarial terms here
     replies = {s.name: consumers[s.name].step(shared, targets[s.name]) for s in tasks}
     losses.update({name: reply.loss for name, reply in replies.items()})
-    recon_similarity = ssim_per_sample(decoder(shared), images, data_range=1.0).mean()
+    recon_similarity = ssim_per_sample(decoder(shared), pixels, data_range=1.0).mean()
     entropy = sum(prediction_entropy(s.kind, private_heads[s.name](shared)).mean() for s in private)
     adversarial = reconstruction_weight * recon_similarity - attribute_weight * entropy
     grads = [reply.grad for reply in replies.values()]

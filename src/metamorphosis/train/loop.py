@@ -408,6 +408,7 @@ class Trainer:
                 config.tasks,
                 config.private_attributes,
                 self.heads,
+                pixels=self.data.transform.to_pixels(images),
                 reconstruction_weight=config.deepobfuscator.reconstruction_weight,
                 attribute_weight=config.deepobfuscator.attribute_weight,
             )
