@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from ..data.transforms import to_pixels
 from ..models.producer import Producer
 
 __all__ = ["ENCODER_SOURCE", "FeatureSet", "extract_features", "subset_indices", "to_pixels"]
@@ -62,11 +63,6 @@ def subset_indices(size: int, limit: int | None, seed: int) -> list[int]:
         return list(range(size))
     generator = torch.Generator().manual_seed(seed)
     return sorted(torch.randperm(size, generator=generator)[:limit].tolist())
-
-
-def to_pixels(images: Tensor, *, mean: float, std: float) -> Tensor:
-    """Undo the producer's normalisation: tensors back to pixel range [0, 1]."""
-    return (images * std + mean).clamp_(0.0, 1.0)
 
 
 @torch.no_grad()

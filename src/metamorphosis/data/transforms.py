@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["ImageTransform"]
+__all__ = ["ImageTransform", "to_pixels"]
 
 _FORMAT_VERSION = 1
 _MODE = "RGB"
@@ -43,6 +43,11 @@ def _check_size(image_size: Any) -> tuple[int, int]:
             f"image_size={image_size!r} is invalid: expected [height, width] of positive integers"
         )
     return int(image_size[0]), int(image_size[1])
+
+
+def to_pixels(images: torch.Tensor, *, mean: float, std: float) -> torch.Tensor:
+    """Undo a ``(x - mean) / std`` normalisation: tensors back to pixel range [0, 1]."""
+    return (images * std + mean).clamp(0.0, 1.0)
 
 
 class ImageTransform:
@@ -112,7 +117,7 @@ class ImageTransform:
 
     def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation: this transform's outputs back to pixel range [0, 1]."""
-        return (images * self.std + self.mean).clamp(0.0, 1.0)
+        return to_pixels(images, mean=self.mean, std=self.std)
 
     def _normalise(self, pixels: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
