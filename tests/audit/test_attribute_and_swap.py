@@ -143,7 +143,15 @@ def test_kept_head_swap_reproduces_the_swap_matrix_of_training(tiny_run):
     assert test.item_ids == data.test.item_ids
     with torch.no_grad():
         image, _ = data.test[0]
-        assert torch.allclose(test.sources["encoder"][0], producer.encode(image[None])[0])
+        alone = producer.encode(image[None])[0]
+        # A batch of 1 and a batch of many take different conv / GEMM kernels (other blocking,
+        # other summation order), so the same image's features differ in the last float32
+        # bits: ~1e-6 relative per layer, a few 1e-5 after the encoder. 1e-4 of the feature
+        # scale still catches a wrong transform or a wrong image (those differ by O(1)).
+        scale = float(alone.abs().max())
+        torch.testing.assert_close(
+            test.sources["encoder"][0], alone, rtol=1e-4, atol=1e-4 * scale
+        )
     kept = kept_head_swap(load_heads(tiny_run), list(config.all_labels), test)
     for source, row in record["swap_matrix"].items():
         for label, value in row.items():
