@@ -6,6 +6,7 @@ code 2; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from dataclasses import dataclass
@@ -13,10 +14,53 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
+import typer.core
+from typer.core import TyperGroup
 
 from .errors import MetaMorphosisError
 
+INTERRUPTED = 130  # typer turns Ctrl-C into this exit code
+# The parser's exceptions: typer >= 0.29 vendors click as typer._click, older ones use click.
+_click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
+_NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors (``--port abc``, an unknown flag) as one ``error: …`` line, exit 2.
+
+    Click would print a usage box of several lines; our contract is one line for
+    every bad input, whether our code or click's parser finds it.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except _NoArgsIsHelp as exc:  # bare `metamorphosis`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except _click.exceptions.ClickException as exc:
+            sys.exit(_usage_error(exc))
+        except _click.exceptions.Abort:
+            typer.echo("Aborted!", err=True)
+            sys.exit(1)
+        if code == INTERRUPTED:
+            typer.echo("interrupted: the last checkpoint is kept; rerun to resume", err=True)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    ctx = getattr(exc, "ctx", None)
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    hint = " (see --help)" if isinstance(exc, _click.exceptions.UsageError) else ""
+    message = " ".join(exc.format_message().split())
+    typer.echo(f"error: {where}{message}{hint}", err=True)
+    return 2
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Privacy-cognizant, task-specific features (MetaMorphosis, IoTDI 2023).",
@@ -39,11 +83,31 @@ def _fail(exc: BaseException) -> None:
     raise typer.Exit(2)
 
 
-def _refuse_finished(out: Path) -> None:
+def _check_out(out: Path) -> None:
+    """``--out`` must be a folder, or a path one can be made at, and not a finished run.
+
+    Checked before training, so a bad path costs a second, not a run that then
+    fails to write (and nothing is created on disk yet).
+    """
+    if out.exists() and not out.is_dir():
+        raise MetaMorphosisError(f"--out {out} is a file: expected a folder for the run dir")
+    parent = out
+    while not parent.exists():  # the first existing ancestor decides
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MetaMorphosisError(f"--out {out} lies under {parent}, which is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MetaMorphosisError(f"--out {out}: {parent} is not writable")
     if (out / "run.json").exists():
         raise MetaMorphosisError(
             f"{out} already holds a finished run (run.json); choose another --out"
         )
+
+
+def _cell(value: Any, width: int) -> str:
+    """A metric for the summary; null (not finite / not measured) or missing shows as '—'."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:>{width}.3f}" if number else f"{'—':>{width}}"
 
 
 def summary_table(record: dict[str, Any]) -> str:
@@ -61,15 +125,16 @@ def summary_table(record: dict[str, Any]) -> str:
     for spec in config.all_labels:
         role = "public" if spec.name in record["tasks"] else "private"
         metric, _ = primary_metric(spec.kind)
-        value = record["metrics"][spec.name][metric]
-        lines.append(f"{spec.name:<16}{role:<10}{metric:<16}{value:>8.3f}")
+        value = (record["metrics"].get(spec.name) or {}).get(metric)
+        lines.append(f"{spec.name:<16}{role:<10}{metric:<16}{_cell(value, 8)}")
     swap = record.get("swap_matrix") or {}
     if swap:
         names = [s.name for s in config.all_labels]
         lines.append("swap matrix (row: module's features, column: head's label, primary metric):")
         lines.append(" " * 16 + "".join(f"{n[:11]:>12}" for n in names))
         for row in names:
-            lines.append(f"{row:<16}" + "".join(f"{swap[row][col]:>12.3f}" for col in names))
+            cells = [_cell((swap.get(row) or {}).get(col), 12) for col in names]
+            lines.append(f"{row:<16}" + "".join(cells))
     return "\n".join(lines)
 
 
@@ -90,7 +155,7 @@ def demo(
     from .experiment import demo_config, train_run
 
     try:
-        _refuse_finished(out)
+        _check_out(out)
         config = demo_config(set_ or [])
         budget = (
             f", target epsilon {config.privacy.target_epsilon}" if config.privacy.uses_dp else ""
@@ -152,7 +217,7 @@ def train(
 
     try:
         config = load_config(config_path, set_ or [])
-        _refuse_finished(out)
+        _check_out(out)
         if remote:
             listen = _Listen(host, port, step_timeout, ssl_certfile, ssl_keyfile, insecure)
             record = _train_remote(config, out, data_root, not quiet, listen)
@@ -192,9 +257,12 @@ def add_task(
     from .experiment import add_task as add_task_to_run
 
     try:
-        spec = LabelSpec(name=task, column=column or task, kind=kind)
+        try:
+            spec = LabelSpec(name=task, column=column or task, kind=kind)
+        except MetaMorphosisError as exc:  # LabelSpec names its fields, not the flags
+            raise MetaMorphosisError(f"--task {task!r} --kind {kind!r}: {exc}") from None
         if out is not None and out.resolve() != run_dir.resolve():
-            _refuse_finished(out)
+            _check_out(out)
         record = add_task_to_run(
             run_dir,
             spec,
@@ -218,7 +286,7 @@ def add_task(
 
 @dataclass(frozen=True)
 class _Listen:
-    """Where and how ``train --remote`` serves its training routes."""
+    """Where and how ``train --remote`` serves its training routes (checked on creation)."""
 
     host: str
     port: int
@@ -227,30 +295,33 @@ class _Listen:
     ssl_keyfile: str | None
     insecure: bool
 
+    def __post_init__(self) -> None:
+        from .serve.listen import check_port, check_seconds
+
+        check_port(self.port, "--port", any_port=True)
+        # A day at most: longer is a typo, and threading's waits overflow past ~292 years.
+        check_seconds(self.step_timeout, "--step-timeout", maximum=86400.0)
+
 
 def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen):
-    """Serve the training routes while training; print a key per task that has none."""
-    _require_serve_extra()
-    import time as _time
+    """Serve the training routes while training; print a key per task that has none.
 
+    Everything that can be refused (method, TLS files, address, port, keys.json)
+    is checked before any key is issued.
+    """
+    _require_serve_extra()
     from .experiment import train_run
     from .serve.keys import KeyStore
+    from .serve.listen import check_tls
     from .serve.server import KEYS_FILE, check_bind
     from .serve.training import TrainingServer
     from .train.remote import TrainingHub, check_remote_method
 
     check_remote_method(config.method)
-    if (listen.ssl_certfile is None) != (listen.ssl_keyfile is None):
-        raise MetaMorphosisError("give both --ssl-certfile and --ssl-keyfile, or neither")
+    check_tls(listen.ssl_certfile, listen.ssl_keyfile)
     check_bind(listen.host, tls=listen.ssl_certfile is not None, insecure=listen.insecure)
-    out.mkdir(parents=True, exist_ok=True)
     keys = KeyStore(out / KEYS_FILE)
-    now = _time.time()
     tasks = [spec.name for spec in config.tasks]
-    covered = {r.task for r in keys.list() if r.status(now) == "active"}
-    for task in tasks:
-        if task not in covered:
-            typer.echo(f"key for {task} (shown once): {keys.issue(task).secret}", err=True)
     hub = TrainingHub(tasks, timeout=listen.step_timeout)
     server = TrainingServer(
         hub,
@@ -261,8 +332,24 @@ def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen)
         ssl_keyfile=listen.ssl_keyfile,
     )
     with server:
+        _issue_missing_keys(keys, tasks, out)
         typer.echo(f"training API on {server.url}: waiting for consumers of {tasks}", err=True)
         return train_run(config, out, data_root=data_root, progress=progress, remote=hub)
+
+
+def _issue_missing_keys(keys, tasks: list[str], out: Path) -> None:
+    """A key for every task without an active one; each secret is shown once."""
+    import time as _time
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MetaMorphosisError(f"--out {out} cannot be created: {exc.strerror}") from exc
+    now = _time.time()
+    covered = {r.task for r in keys.list() if r.status(now) == "active"}
+    for task in tasks:
+        if task not in covered:
+            typer.echo(f"key for {task} (shown once): {keys.issue(task).secret}", err=True)
 
 
 def _parse_sweep_values(raw: list[str]) -> dict[str, list[float]]:
@@ -348,7 +435,7 @@ def _require_serve_extra() -> None:
 def serve(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run dir.")],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the API.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port of the API (0: any free port).")] = 8000,
     source: Annotated[
         str, typer.Option(help="The inputs: train, val or test (the run's split) or a folder.")
     ] = "test",
@@ -372,26 +459,34 @@ def serve(
     """Publish each task's features of the producer's inputs to that task's key holders."""
     try:
         _require_serve_extra()
-        from .serve.server import build_service, check_bind, serve_forever
+        from .serve.app import create_app
+        from .serve.server import (
+            build_service,
+            check_limits,
+            check_listen,
+            open_listener,
+            serve_forever,
+        )
 
-        if (ssl_certfile is None) != (ssl_keyfile is None):
-            raise MetaMorphosisError("give both --ssl-certfile and --ssl-keyfile, or neither")
-        check_bind(host, tls=ssl_certfile is not None, insecure=insecure)
+        check_limits(
+            max_concurrency=max_concurrency, max_ids=max_ids, max_body_bytes=max_body_bytes
+        )
+        if data_root is not None and not data_root.is_dir():
+            raise MetaMorphosisError(f"--data-root {data_root} is not a folder")
+        tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+        check_listen(host, port, **tls, insecure=insecure, metrics_port=metrics_port)
         service = build_service(run_dir, source=source, data_root=data_root, max_ids=max_ids)
+        app_ = create_app(service, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+        # Bound before announcing: a port in use is an error here, not after "serving".
+        registry = app_.state.metrics.registry
+        sock = open_listener(host, port, metrics_port=metrics_port, metrics_registry=registry)
     except MetaMorphosisError as exc:
         _fail(exc)
     scheme = "https" if ssl_certfile else "http"
-    typer.echo(f"serving {', '.join(service.tasks)} on {scheme}://{host}:{port}", err=True)
-    serve_forever(
-        service,
-        host=host,
-        port=port,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        metrics_port=metrics_port,
-        max_concurrency=max_concurrency,
-        max_body_bytes=max_body_bytes,
-    )
+    where = f"[{host}]" if ":" in host else host
+    url = f"{scheme}://{where}:{sock.getsockname()[1]}"
+    typer.echo(f"serving {', '.join(service.tasks)} on {url}", err=True)
+    serve_forever(app_, sock, **tls)
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="Consumer keys of a run (one task each).")
@@ -407,8 +502,12 @@ def keys_issue(
     """Issue a key for one task; the secret is printed once and stored only hashed."""
     try:
         _require_serve_extra()
+        from .serve.keys import MAX_TTL
+        from .serve.listen import check_seconds
         from .serve.server import key_store
 
+        if ttl is not None:  # leave it out for a key that lasts until revoked
+            check_seconds(ttl, "--ttl", maximum=MAX_TTL)
         tasks = read_tasks(run_dir)
         if task not in tasks:
             raise MetaMorphosisError(f"task {task!r} is not a public task of this run: {tasks}")
@@ -523,45 +622,91 @@ def consume(
     ] = 120.0,
 ) -> None:
     """Fetch the first LIMIT items' features of TASK into a safetensors file (or --train)."""
-    if train_config is not None:
-        try:
-            _require_serve_extra()
+    try:
+        _require_serve_extra()
+        _check_consume(url, task, key, wait, cafile)
+        if train_config is not None:
             steps = _consume_training(url, task, key, train_config, data_root, cafile or True, wait)
-        except MetaMorphosisError as exc:
-            _fail(exc)
+        elif out is None:
+            raise MetaMorphosisError("give --out FILE to fetch features or --train CONFIG to train")
+        else:
+            _check_fetch(limit, encoding, out)
+            count, shape = _fetch_features(url, task, key, out, limit, encoding, cafile)
+    except MetaMorphosisError as exc:
+        _fail(exc)
+    if train_config is not None:
         typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
-        return
-    if out is None:
-        _fail(MetaMorphosisError("give --out FILE to fetch features, or --train CONFIG to train"))
-        return
+    else:
+        typer.echo(f"{count} items, features {shape} -> {out}")
+
+
+def _check_consume(url: str, task: str, key: str, wait: float, cafile: str | None) -> None:
+    """What ``consume`` can refuse before connecting, naming the argument."""
+    from urllib.parse import urlsplit
+
+    from .serve.keys import valid_task_name
+    from .serve.listen import check_seconds
+
+    try:
+        parts = urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # a bad port or an unclosed [ipv6
+        ok = False
+    if not ok:
+        raise MetaMorphosisError(f"URL {url!r} is invalid: expected http(s)://HOST[:PORT]")
+    if not valid_task_name(task):
+        raise MetaMorphosisError(
+            f"--task {task!r} is invalid: expected letters, digits, '_', '.', '-'"
+        )
+    if not key or not key.isascii() or not key.isprintable() or " " in key:
+        # never echoed: it may be a real secret with a typo
+        raise MetaMorphosisError("--key is not a key: expected the mmk_... secret of `keys issue`")
+    check_seconds(wait, "--wait", zero=True)
+    if cafile is not None and not Path(cafile).is_file():
+        raise MetaMorphosisError(f"--cafile {cafile!r} is not a file: expected a PEM CA bundle")
+
+
+def _check_fetch(limit: int, encoding: str, out: Path) -> None:
+    from .serve.codec import ENCODINGS
+    from .serve.listen import check_positive
+
+    check_positive(limit, "--limit")
+    if encoding not in ENCODINGS:
+        raise MetaMorphosisError(
+            f"--encoding {encoding!r} is invalid: expected one of {', '.join(ENCODINGS)}"
+        )
+    if out.is_dir() or not out.parent.is_dir():
+        raise MetaMorphosisError(f"--out {out} is invalid: expected a file in an existing folder")
+
+
+def _fetch_features(
+    url: str, task: str, key: str, out: Path, limit: int, encoding: str, cafile: str | None
+) -> tuple[int, list[int]]:
+    """The first ``limit`` items' features into ``out``; their count and the tensor's shape."""
     import json as _json
 
     import torch
     from safetensors.torch import save_file
 
-    try:
-        _require_serve_extra()
-        from .serve.client import ConsumerClient
+    from .serve.client import ConsumerClient
 
-        with ConsumerClient(url, task=task, key=key, verify=cafile or True) as client:
-            batches = list(client.iter_features(limit=limit, encoding=encoding))
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    with ConsumerClient(url, task=task, key=key, verify=cafile or True) as client:
+        batches = list(client.iter_features(limit=limit, encoding=encoding))
     if not batches:
-        _fail(MetaMorphosisError(f"the service has no items for task {task!r}"))
+        raise MetaMorphosisError(f"the service has no items for task {task!r}")
     tensor = torch.cat([features for features, _ in batches])
     ids = [i for _, answered in batches for i in answered]
-    save_file({"features": tensor}, str(out), metadata={"ids": _json.dumps(ids), "task": task})
-    typer.echo(f"{len(ids)} items, features {list(tensor.shape)} -> {out}")
+    metadata = {"ids": _json.dumps(ids), "task": task}
+    try:
+        save_file({"features": tensor}, str(out), metadata=metadata)
+    except OSError as exc:
+        raise MetaMorphosisError(f"--out {out} cannot be written: {exc.strerror}") from exc
+    return len(ids), list(tensor.shape)
 
 
 def main() -> None:
     """Console entry point."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the last epoch's checkpoint is kept; rerun to resume", err=True)
-        sys.exit(130)
+    app()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "DENSE_KINDS",
     "PRIVACY_MODES",
     "METHODS",
+    "MAX_TARGET_EPSILON",
     "DeepObfuscatorConfig",
     "KDMTLConfig",
     "LabelSpec",
@@ -52,26 +54,71 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 NORMS = ("group", "batch")
 DEVICES = ("cpu", "cuda", "auto")
 DATA_ENV_VAR = "METAMORPHOSIS_DATA"
+#: Largest image side: far past any dataset here, and a typo beyond it would try to
+#: render or allocate gigabytes per image before any error.
+MAX_IMAGE_SIDE = 4096
+#: Most generated scenes (``data.num_samples``): the item ids alone are held in memory.
+MAX_SAMPLES = 10_000_000
+#: Seeds stay below 2**32 (NumPy's and scikit-learn's limit; the trainer derives
+#: per-epoch torch seeds as seed * 1_000_003 + …, which must fit in 64 bits).
+MAX_SEED = 2**32 - 1
+#: DataLoader worker processes: more is a fork bomb, not a speed-up.
+MAX_WORKERS = 64
+#: Largest ``privacy.target_epsilon``: beyond it the bound promises nothing, and Opacus'
+#: noise calibration stops converging (measured: PRV took 4.5 min for ε = 100 at q = 0.004
+#: over 25,000 steps and did not finish for 1000; RDP never returned for 1e300).
+MAX_TARGET_EPSILON = 100.0
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{key}={value!r} is invalid: expected {allowed}")
+    shown = repr(value)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."  # a pasted list stays one line
+    return ConfigError(f"{key}={shown} is invalid: expected {allowed}")
 
 
 def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
+    if not isinstance(value, str) or value not in choices:
         raise _fail(key, value, "one of " + ", ".join(choices))
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float; bool is not a number here (YAML ``true`` is no 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise _fail(key, value, "a number >= 0" if allow_zero else "a number > 0")
+    """A finite number > 0 (or >= 0); NaN and ±inf are refused: no key gives them a meaning."""
+    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
+        raise _fail(key, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
 
 
-def _check_int(key: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise _fail(key, value, f"an integer >= {minimum}")
+def _check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    if not ok or (maximum is not None and value > maximum):
+        allowed = f"an integer >= {minimum}"
+        raise _fail(key, value, allowed if maximum is None else f"{allowed} and <= {maximum}")
+
+
+def _check_fraction(key: str, value: Any, low: float, high: float, *, low_open: bool) -> None:
+    """A finite number in [low, high) or (low, high)."""
+    ok = _is_number(value) and (value > low if low_open else value >= low) and value < high
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g})"
+        raise _fail(key, value, f"a number in {interval}")
+
+
+def _check_text_fields(obj: Any, prefix: str) -> None:
+    """``str`` fields hold strings and ``bool`` fields booleans, so a YAML list, number or
+    date never reaches a registry lookup, a path or ``run.json`` (where it is no JSON)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if f.type == "bool" and not isinstance(value, bool):
+            raise _fail(key, value, "true or false")
+        if f.type in ("str", "str | None") and not isinstance(value, str):
+            if value is None and f.type == "str | None":
+                continue
+            raise _fail(key, value, "a string" + (" or null" if "None" in f.type else ""))
 
 
 @dataclass(frozen=True)
@@ -102,6 +149,7 @@ class LabelSpec:
             raise _fail("name", self.name, "a non-empty name of letters, digits, '_' or '-'")
         if not self.column:
             object.__setattr__(self, "column", self.name)
+        _check_text_fields(self, f"{self.name}.")
         _check_choice(f"{self.name}.kind", self.kind, LABEL_KINDS)
         if self.kind == "binary":
             object.__setattr__(self, "num_classes", 2)
@@ -154,18 +202,24 @@ class DataConfig:
         if (
             not isinstance(size, (list, tuple))
             or len(size) != 2
-            or not all(isinstance(s, int) and s >= 8 for s in size)
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 8 <= s <= MAX_IMAGE_SIDE
+                for s in size
+            )
         ):
-            raise _fail("data.image_size", self.image_size, "an integer >= 8 or [height, width]")
+            raise _fail(
+                "data.image_size",
+                self.image_size,
+                f"an integer in [8, {MAX_IMAGE_SIDE}] or [height, width] of such integers",
+            )
         object.__setattr__(self, "image_size", (int(size[0]), int(size[1])))
+        _check_text_fields(self, "data.")
         for key in ("val_fraction", "test_fraction"):
-            value = getattr(self, key)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 0.5:
-                raise _fail(f"data.{key}", value, "a fraction in [0, 0.5)")
+            _check_fraction(f"data.{key}", getattr(self, key), 0.0, 0.5, low_open=False)
         for key in ("max_train", "max_eval"):
             if getattr(self, key) is not None:
                 _check_int(f"data.{key}", getattr(self, key), minimum=1)
-        _check_int("data.num_samples", self.num_samples, minimum=8)
+        _check_int("data.num_samples", self.num_samples, minimum=8, maximum=MAX_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -188,6 +242,7 @@ class ModelConfig:
     pretrained: str | None = None
 
     def __post_init__(self) -> None:
+        _check_text_fields(self, "model.")
         _check_int("model.split_index", self.split_index, minimum=1)
         _check_int("model.groups", self.groups, minimum=1)
         _check_int("model.reduction", self.reduction, minimum=1)
@@ -219,8 +274,9 @@ class PrivacyConfig:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
         _check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         _check_choice("privacy.similarity", self.similarity, SIMILARITIES)
+        _check_text_fields(self, "privacy.")
         if self.target_epsilon is not None:
-            _check_positive("privacy.target_epsilon", self.target_epsilon)
+            _check_target_epsilon(self.target_epsilon)
         if self.noise_multiplier is not None:
             _check_positive("privacy.noise_multiplier", self.noise_multiplier)
         if self.uses_dp and self.target_epsilon is None and self.noise_multiplier is None:
@@ -228,8 +284,7 @@ class PrivacyConfig:
                 f"privacy.mode={self.mode!r} uses DP-SGD: set privacy.target_epsilon "
                 "or privacy.noise_multiplier"
             )
-        if not (isinstance(self.delta, (int, float)) and 0.0 < self.delta < 1.0):
-            raise _fail("privacy.delta", self.delta, "a probability in (0, 1)")
+        _check_fraction("privacy.delta", self.delta, 0.0, 1.0, low_open=True)
         _check_positive("privacy.max_grad_norm", self.max_grad_norm)
         _check_positive("privacy.omega", self.omega, allow_zero=True)
         _check_positive("privacy.ssim_data_range", self.ssim_data_range)
@@ -241,6 +296,17 @@ class PrivacyConfig:
     @property
     def uses_task_privacy(self) -> bool:
         return self.mode in ("task", "both")
+
+
+def _check_target_epsilon(value: Any) -> None:
+    # ε = inf is not "no DP": noise calibration would train at its largest σ instead
+    if not _is_number(value) or not 0 < value <= MAX_TARGET_EPSILON:
+        raise _fail(
+            "privacy.target_epsilon",
+            value,
+            f"a finite number in (0, {MAX_TARGET_EPSILON:g}]; "
+            "for no DP use privacy.mode=none or task",
+        )
 
 
 @dataclass(frozen=True)
@@ -270,11 +336,11 @@ class TrainConfig:
             _check_positive("train.head_lr", self.head_lr)
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _check_positive("train.weight_decay", self.weight_decay, allow_zero=True)
-        _check_int("train.seed", self.seed, minimum=0)
+        _check_int("train.seed", self.seed, minimum=0, maximum=MAX_SEED)
         _check_choice("train.device", self.device, DEVICES)
         if self.max_steps_per_epoch is not None:
             _check_int("train.max_steps_per_epoch", self.max_steps_per_epoch, minimum=1)
-        _check_int("train.num_workers", self.num_workers, minimum=0)
+        _check_int("train.num_workers", self.num_workers, minimum=0, maximum=MAX_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -410,12 +476,18 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{name} must be a mapping, got {type(raw).__name__}")
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
+    unknown = sorted(set(raw) - known, key=str)  # YAML keys need not be strings
     if unknown:
         raise ConfigError(f"unknown key(s) in {name}: {unknown}; allowed: {sorted(known)}")
+    required = [
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]} is missing")
     try:
         return cls(**_floats_from_strings(cls, raw))
-    except TypeError as exc:  # e.g. a list where a number belongs
+    except TypeError as exc:  # a value no check above foresaw; still name the section
         raise ConfigError(f"{name}: {exc}") from exc
 
 
@@ -436,7 +508,15 @@ def _build_labels(name: str, raw: Any) -> tuple[LabelSpec, ...]:
         return ()
     if not isinstance(raw, list):
         raise ConfigError(f"{name} must be a list of {{name, column, kind}} mappings")
-    return tuple(_build_section(f"{name}[{i}]", LabelSpec, item) for i, item in enumerate(raw))
+    return tuple(_build_label(f"{name}[{i}]", item) for i, item in enumerate(raw))
+
+
+def _build_label(key: str, raw: Any) -> LabelSpec:
+    try:
+        return _build_section(key, LabelSpec, raw)
+    except ConfigError as exc:
+        message = str(exc)  # LabelSpec names keys by label name; say which list item too
+        raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from exc
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> Config:
@@ -444,7 +524,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError("the config must be a mapping of sections")
     allowed = set(_SECTIONS) | set(_SCALARS) | {"tasks", "private_attributes"}
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(set(raw) - allowed, key=str)
     if unknown:
         raise ConfigError(f"unknown section(s): {unknown}; allowed: {sorted(allowed)}")
     sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in _SECTIONS.items()}
@@ -477,7 +557,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     top-level value has no section: ``method=kd-mtl``.
     """
     for item in overrides:
-        if "=" not in item:
+        if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.sub=value")
         path, text = item.split("=", 1)
         keys = path.strip().split(".")
@@ -488,10 +568,11 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+            reason = " ".join(str(exc).split())  # one line: PyYAML's messages span several
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({reason})") from exc
         node: Any = raw
         for depth, key in enumerate(keys[:-1]):
-            node = _descend(node, key, ".".join(keys[: depth + 1]))
+            node = _descend(node, key, ".".join(keys[: depth + 1]), item)
         last = keys[-1]
         if isinstance(node, list):
             node[_list_index(node, last, path)] = value
@@ -502,33 +583,49 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 def _list_index(node: list[Any], key: str, path: str) -> int:
     if not key.isdigit() or int(key) >= len(node):
-        raise ConfigError(f"--set {path}: {key!r} is not an index of a list of {len(node)}")
+        raise ConfigError(
+            f"--set {path}: {key!r} is not an index of a list of {len(node)} "
+            f"(expected 0 to {len(node) - 1})"
+        )
     return int(key)
 
 
-def _descend(node: Any, key: str, path: str) -> Any:
+def _descend(node: Any, key: str, path: str, item: str) -> Any:
+    """The child ``key`` of ``node`` (created when absent), which must be a section or list."""
     if isinstance(node, list):
-        return node[_list_index(node, key, path)]
-    if not isinstance(node, dict):
-        raise ConfigError(f"--set {path}: cannot descend into a {type(node).__name__}")
-    if node.get(key) is None:
-        node[key] = {}
-    return node[key]
+        child = node[_list_index(node, key, path)]
+    else:
+        if node.get(key) is None:
+            node[key] = {}
+        child = node[key]
+    if not isinstance(child, (dict, list)):
+        # e.g. train.lr.x=1: a scalar has no keys to set
+        raise ConfigError(
+            f"--set {item!r}: {path} is {child!r} ({type(child).__name__}), which has no keys"
+        )
+    return child
 
 
 def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
     """Read a YAML config, apply ``--set`` overrides, validate."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path} is not a UTF-8 text (YAML) file") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        reason = " ".join(str(exc).split())  # one line: PyYAML's messages span several
+        raise ConfigError(f"{path} is not valid YAML: {reason}") from exc
+    if raw is None:
+        raise ConfigError(f"config {path} is empty: expected a mapping of sections (tasks, ...)")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
+        )
     return config_from_dict(apply_overrides(raw, overrides))
 
 

@@ -7,18 +7,19 @@ library users can call :func:`train_run` and :func:`add_task` directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file
+import torch
 from torch import nn
 
 from .config import Config, LabelSpec, config_from_dict, load_config
 from .data import build_datasets
 from .errors import ConfigError, RunDirError
 from .privacy.accounting import DPPhase
-from .rundir import HEADS_FILE, PRODUCER_FILE, read_run_json, write_run
+from .rundir import HEADS_FILE, PRODUCER_FILE, read_run_json, read_weights, write_run
 from .train.checkpoint import CHECKPOINT_NAME
 from .train.loop import PhasePlan, Trainer
 from .train.remote import TrainingHub
@@ -48,6 +49,7 @@ def train_run(
     ``remote``, the heads of ``remote.tasks`` are trained by consumers in
     other processes (see :mod:`metamorphosis.serve.training`).
     """
+    _check_device(config)
     labels = config.all_labels
     data = build_datasets(config.data, labels, seed=config.train.seed, root=data_root)
     config = config.with_label_classes(data.num_classes)
@@ -89,8 +91,12 @@ def add_task(
     record = read_run_json(run_dir)
     config = config_from_dict(record["config"])
     _check_addable(config, spec)
-    if epochs is not None and (not isinstance(epochs, int) or epochs < 1):
+    if epochs is not None and (
+        not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1
+    ):
         raise ConfigError(f"epochs={epochs!r} is invalid: expected an integer >= 1")
+    added_omega = _added_omega(config.privacy, omega)  # checked before any data is read
+    _check_device(config)
     extended = dataclasses.replace(config, tasks=(*config.tasks, spec))
     data = build_datasets(
         extended.data, extended.all_labels, seed=config.train.seed, root=data_root
@@ -102,7 +108,7 @@ def add_task(
         labels=(spec.name,),
         train_encoder=False,
         dp=privacy.uses_dp,
-        omega=_added_omega(privacy, omega),
+        omega=added_omega,
         epochs=epochs or config.train.epochs,
         compared=tuple(s.name for s in config.all_labels),
     )
@@ -142,9 +148,18 @@ def add_task(
 def _added_omega(privacy, omega: float | None) -> float:
     if omega is None:
         return privacy.omega if privacy.uses_task_privacy else 0.0
-    if omega < 0:
-        raise ConfigError(f"omega={omega!r} is invalid: expected a number >= 0")
+    ok = isinstance(omega, (int, float)) and not isinstance(omega, bool)
+    if not ok or not math.isfinite(omega) or omega < 0:
+        raise ConfigError(f"omega={omega!r} is invalid: expected a finite number >= 0")
     return float(omega)
+
+
+def _check_device(config: Config) -> None:
+    """A CUDA run on a machine without CUDA fails in the first ``.to()``: say so up front."""
+    if config.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "train.device='cuda' is invalid here: CUDA is not available; use cpu or auto"
+        )
 
 
 def _check_addable(config: Config, spec: LabelSpec) -> None:
@@ -161,12 +176,15 @@ def _check_addable(config: Config, spec: LabelSpec) -> None:
 
 def _load_except(module: nn.Module, path: Path, new_prefix: str) -> None:
     """The run's weights into ``module``; only the new task's (``new_prefix``) may be absent."""
-    if not path.is_file():
-        raise RunDirError(f"{path.parent} is incomplete: {path.name} is missing")
-    result = module.load_state_dict(load_file(str(path)), strict=False)
+    state = read_weights(path)
+    expected = module.state_dict()
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if wrong:
+        raise RunDirError(f"{path}: {wrong[0]} has a shape the run's config does not give")
+    result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(new_prefix)]
     if missing or result.unexpected_keys:
         raise RunDirError(
-            f"{path} does not fit the run's config: missing {missing}, "
-            f"unexpected {result.unexpected_keys}"
+            f"{path} does not fit the run's config: missing {missing[:2]}, "
+            f"unexpected {result.unexpected_keys[:2]}"
         )

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..rundir import json_safe
 from ..train.checkpoint import atomic_write
 from .document import Document, number, percent
 
@@ -367,12 +368,17 @@ def _text_writer(text: str) -> Callable[[Path], None]:
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md``, ``report.html`` (figures must exist already)."""
+    """Write ``report.json``, ``report.md``, ``report.html`` (figures must exist already).
+
+    ``report.json`` is strict JSON: a number that is not finite (a PSNR of a
+    perfect reconstruction, a metric on an empty class, ε = ∞) is written as
+    ``null``, which in the report means "not finite / not measured".
+    """
     out_dir = Path(out_dir)
     document = build_document(report)
     paths = {name: out_dir / name for name in REPORT_FILES}
     texts = {
-        "report.json": json.dumps(report, indent=2) + "\n",
+        "report.json": json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n",
         "report.md": document.markdown(),
         "report.html": document.html(out_dir),
     }

@@ -18,18 +18,25 @@ from typing import Any, TypedDict
 
 import torch
 
-from ..config import Config, config_from_dict
+from ..config import MAX_SEED, Config, config_from_dict
 from ..data import build_datasets
 from ..data.transforms import ImageTransform
 from ..errors import ConfigError, RunDirError
 from ..models.producer import build_network
-from ..rundir import load_heads, load_producer, read_run_json
+from ..rundir import (
+    HEADS_FILE,
+    PRODUCER_FILE,
+    load_heads,
+    load_producer,
+    read_run_json,
+    read_weights,
+)
 from . import attribute, reconstruction, swap, tsne
 from .budget import AttackBudget, budget_named
 from .cost import producer_cost
 from .features import ENCODER_SOURCE, FeatureSet, extract_features
 from .report import findings, plot_attribute, plot_swap, write_report
-from .sweeps import check_sweeps, run_sweeps
+from .sweeps import check_points, check_sweeps, run_sweeps
 
 __all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit", "resolve_device", "load_audit_data"]
 
@@ -121,6 +128,12 @@ def _run_summary(record: dict[str, Any], config: Config) -> dict[str, Any]:
     }
 
 
+def _check_seed(seed: Any) -> None:
+    # NumPy, scikit-learn's t-SNE and torch all take it: non-negative and below 2**32
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed={seed!r} is invalid: expected an integer in [0, {MAX_SEED}]")
+
+
 class _Stages:
     """Logs each stage as it starts and records how long it took."""
 
@@ -164,13 +177,20 @@ def run_audit(
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    _check_seed(seed)
     check_sweeps(sweeps, sweep_values or {})
     record = read_run_json(run_dir)
+    for name in (PRODUCER_FILE, HEADS_FILE):  # damaged weights fail now, not after extraction
+        read_weights(run_dir / name)
     config = config_from_dict(record["config"])
+    check_points(config, sweeps, sweep_values or {})
     budget = budget_named(budget) if isinstance(budget, str) else budget
     torch_device = resolve_device(device)
     out_dir = run_dir / AUDIT_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a file named audit, or a read-only run dir
+        raise RunDirError(f"cannot write the audit into {out_dir}: {exc.strerror}") from exc
     stage = _Stages(log)
     with stage("features"):
         train, test = load_audit_data(

@@ -24,7 +24,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..config import Config, config_from_dict, config_to_dict
+from ..config import MAX_TARGET_EPSILON, Config, config_from_dict, config_to_dict
 from ..errors import ConfigError
 from ..experiment import train_run
 from ..metrics import primary_metric
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_VALUES",
     "SWEEPS",
     "check_sweeps",
+    "check_points",
     "point_config",
     "run_sweeps",
     "sweep_table",
@@ -237,13 +238,46 @@ _DESCRIPTIONS = {
 
 
 def check_sweeps(names: Sequence[str], values: Mapping[str, Sequence[float]]) -> None:
-    """Refuse unknown sweeps (or values for them) before any expensive work starts."""
+    """Refuse unknown sweeps, values for sweeps not asked for, and values no point can
+    take, before any expensive work starts."""
     for name in [*names, *values]:
         if name not in SWEEPS:
             raise ConfigError(f"sweep {name!r} is unknown: expected one of {list(SWEEPS)}")
     for name, points in values.items():
+        if name not in names:
+            raise ConfigError(f"values given for sweep {name!r}, which is not asked for")
         if not points:
             raise ConfigError(f"sweep {name!r} has no values")
+        for value in points:
+            _check_value(name, value)
+
+
+def _check_value(sweep: str, value: float) -> None:
+    if sweep == "epsilon":
+        # inf is a point without DP noise (see the module docstring); nan, 0 and < 0 mean nothing
+        ok = value == math.inf or (math.isfinite(value) and 0 < value <= MAX_TARGET_EPSILON)
+        allowed = f"a number in (0, {MAX_TARGET_EPSILON:g}] or inf (a run without DP)"
+    else:
+        ok = math.isfinite(value) and value == int(value) and value >= 1
+        allowed = "an integer >= 1"
+    if not ok:
+        raise ConfigError(f"sweep {sweep!r} value {value:g} is invalid: expected {allowed}")
+
+
+def check_points(
+    config: Config, names: Sequence[str], values: Mapping[str, Sequence[float]]
+) -> None:
+    """Build every point's config (and, for splits, its network), so a split index the
+    encoder does not have fails now, not after the points before it trained for minutes."""
+    check_sweeps(names, values)
+    for sweep in dict.fromkeys(names):
+        for value in values.get(sweep, DEFAULT_VALUES[sweep]):
+            try:
+                point = point_config(config, sweep, float(value), "cpu")
+                if sweep == "split":
+                    build_network(point)
+            except ConfigError as exc:
+                raise ConfigError(f"sweep {sweep!r} value {value:g}: {exc}") from exc
 
 
 def run_sweeps(
@@ -260,7 +294,7 @@ def run_sweeps(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Every requested sweep as a report section: description, table, figure, raw points."""
-    check_sweeps(names, values)
+    check_points(config, names, values)
     sections = {}
     for sweep in dict.fromkeys(names):
         options = {

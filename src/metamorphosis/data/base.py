@@ -17,10 +17,12 @@ JPEG decoding and resizing that dominate a small model's step time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,8 +46,11 @@ __all__ = [
     "resolve_root",
     "check_split_by",
     "require_file",
+    "listed_file",
     "label_tensor",
     "load_rgb",
+    "decode_image",
+    "read_text",
     "resize_nearest",
 ]
 
@@ -55,6 +60,7 @@ IGNORE_INDEX = -1
 PROGRESS_THRESHOLD = 500
 """A first pass decoding more files than this shows a progress bar."""
 
+T = TypeVar("T")
 Item = tuple[torch.Tensor, dict[str, torch.Tensor]]
 Sample = tuple[np.ndarray, dict[str, np.ndarray]]
 
@@ -354,9 +360,55 @@ def check_split_by(data: DataConfig, allowed: Sequence[str]) -> str | None:
 
 def require_file(path: Path, what: str) -> Path:
     """Fail early, naming the file, rather than deep inside the first epoch."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise DataError(f"{what} {path} does not exist")
     return path
+
+
+def listed_file(folder: Path, name: str, what: str, listed_in: str) -> Path:
+    """``folder / name`` from an annotation file, refused when the name leaves ``folder``.
+
+    Only ``..`` and absolute names are judged (symlinks are not followed), so a
+    dataset folder may link to where its images live, while a doctored list
+    cannot make the producer read files elsewhere on its machine.
+    """
+    path = folder / name
+    inside = os.path.normpath(path)
+    if not name.isprintable() or not Path(inside).is_relative_to(os.path.normpath(folder)):
+        raise DataError(
+            f"{listed_in}: {what} path {name!r} points outside the dataset folder {folder}"
+        )
+    return require_file(path, what)
+
+
+def decode_image(
+    path: Path, use: Callable[[Image.Image], T], *, what: str = "image file", context: str = ""
+) -> T:
+    """Open and decode an image file, return ``use(image)``; any failure is one DataError line.
+
+    A header claiming more pixels than PIL's ``MAX_IMAGE_PIXELS`` is refused
+    before its pixels are allocated (PIL itself only warns up to twice the limit).
+    """
+    prefix = f"{context}: " if context else ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return use(image)
+    except FileNotFoundError:
+        raise DataError(f"{prefix}{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise DataError(f"{prefix}{what} {path} is a directory, not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(
+            f"{prefix}{what} {path} is refused as a decompression bomb: {exc}"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # SyntaxError: some PIL plugins
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"{prefix}cannot read {what} {path}: {reason}") from None
 
 
 def load_rgb(path: Path, transform: ImageTransform, *, context: str = "") -> np.ndarray:
@@ -366,15 +418,20 @@ def load_rgb(path: Path, transform: ImageTransform, *, context: str = "") -> np.
         DataError: the file is missing or not a readable image; the message
             names the file (and ``context``, e.g. the manifest row).
     """
-    prefix = f"{context}: " if context else ""
+    return decode_image(path, transform.resize, context=context)
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 annotation file (a BOM is dropped); a bad byte is reported with its line."""
+    raw = require_file(path, what).read_bytes()
     try:
-        with Image.open(path) as image:
-            image.load()
-            return transform.resize(image)
-    except FileNotFoundError:
-        raise DataError(f"{prefix}image file {path} does not exist") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{prefix}cannot read image file {path}: {exc}") from exc
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{what} {path} line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; "
+            "expected a UTF-8 text file"
+        ) from None
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..config import DataConfig, LabelSpec
 from ..errors import DataError
@@ -34,9 +33,11 @@ from .base import (
     Sample,
     assemble_splits,
     check_split_by,
+    decode_image,
+    listed_file,
     load_rgb,
     match_columns,
-    require_file,
+    read_text,
     resize_nearest,
     resolve_root,
 )
@@ -114,11 +115,7 @@ class CamVidDataset(LabelledImageDataset):
 
 
 def _read_label(path: Path, size: tuple[int, int]) -> np.ndarray:
-    try:
-        with Image.open(path) as label:
-            raw = np.array(label)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read CamVid label map {path}: {exc}") from exc
+    raw = decode_image(path, np.array, what="CamVid label map")
     if raw.ndim != 2:
         raise DataError(f"CamVid label map {path} has shape {raw.shape}; expected H×W class ids")
     if raw.max(initial=0) > VOID:
@@ -129,9 +126,9 @@ def _read_label(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def _read_split_file(folder: Path, split: str) -> list[tuple[str, str]]:
-    path = require_file(folder / f"{split}.txt", "CamVid split file")
+    path = folder / f"{split}.txt"
     pairs = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line_no, line in enumerate(read_text(path, "CamVid split file").splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -160,10 +157,11 @@ def build_camvid(
     datasets = []
     for split_name, pairs, indices in zip(("train", "val", "test"), listed, capped, strict=True):
         chosen = [pairs[i] for i in indices]
+        listed_in = str(folder / f"{split_name}.txt")
         paths = [
             (
-                require_file(folder / image, "CamVid image"),
-                require_file(folder / label, "CamVid label map"),
+                listed_file(folder, image, "CamVid image", listed_in),
+                listed_file(folder, label, "CamVid label map", listed_in),
             )
             for image, label in chosen
         ]

@@ -31,9 +31,10 @@ from .base import (
     Sample,
     assemble_splits,
     check_split_by,
+    listed_file,
     load_rgb,
     match_columns,
-    require_file,
+    read_text,
     resolve_root,
 )
 from .registry import register_dataset
@@ -81,9 +82,7 @@ class ImageFolderDataset(LabelledImageDataset):
 
 
 def _read_lines(path: Path) -> list[list[str]]:
-    require_file(path, "CelebA file")
-    with path.open(encoding="utf-8") as handle:
-        return [line.split() for line in handle if line.strip()]
+    return [line.split() for line in read_text(path, "CelebA file").splitlines() if line.strip()]
 
 
 def read_attributes(path: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -162,6 +161,8 @@ def build_celeba(
     columns = match_columns("celeba", labels, offered)
 
     partition = _read_pairs(folder / PARTITION_FILE)
+    if not partition:
+        raise DataError(f"{folder / PARTITION_FILE} lists no images; expected 'filename 0|1|2'")
     files = [name for name, _ in partition]
     split_ids = np.array([_split_code(folder / PARTITION_FILE, v) for _, v in partition])
     targets: dict[str, np.ndarray] = {}
@@ -184,7 +185,10 @@ def build_celeba(
         apply_caps(split, data.max_train, data.max_eval, seed),
         strict=True,
     ):
-        paths = [require_file(folder / IMAGE_DIR / files[i], "CelebA image") for i in indices]
+        listed_in = str(folder / PARTITION_FILE)
+        paths = [
+            listed_file(folder / IMAGE_DIR, files[i], "CelebA image", listed_in) for i in indices
+        ]
         datasets.append(
             ImageFolderDataset(
                 paths=paths,

@@ -13,14 +13,21 @@ or private attribute names its column and kind (``binary`` | ``multiclass``).
   column ``data.split_by`` names, so that no group spans two splits).
 
 The manifest is checked completely when the datasets are built (every file
-exists, every label value parses), so a bad row fails at once rather than
-hours into training; images are decoded lazily. Every error names the
-manifest row (the header is row 1) and the image file.
+exists inside ``root``, every label value parses), so a bad row fails at once
+rather than hours into training; images are decoded lazily. Every error names
+the manifest row (the header is row 1; a row with a quoted line break is
+numbered by its first line) and the image file.
+
+Image paths are resolved (symlinks included) and must stay inside ``root``:
+a manifest from someone else must not make the producer read, train on and
+publish features of files elsewhere on its machine (``../secret.jpg``,
+``/etc/passwd``). An absolute path inside ``root`` is accepted.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +59,9 @@ _BINARY = {
     "true": 1, "false": 0, "yes": 1, "no": 0,
 }  # fmt: skip
 _INTEGER = re.compile(r"[+-]?\d+(\.0*)?")
+MAX_CLASSES = 100_000
+"""Largest integer class count read from a manifest: a typo (``50000000`` for ``5``) must
+not build a head with millions of outputs."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,19 @@ class _Row:
 def parse_binary(value: str) -> int | None:
     """0 / 1 for an accepted binary spelling, None otherwise."""
     return _BINARY.get(value.strip().lower())
+
+
+def _shown(text: str) -> str:
+    """Text for a one-line message: quoted with escapes when it holds control characters."""
+    return text if text.isprintable() else repr(text)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 class CsvDataset(LabelledImageDataset):
@@ -99,18 +122,29 @@ class CsvDataset(LabelledImageDataset):
 
 
 def _read_manifest(path: Path) -> tuple[list[str], list[_Row]]:
+    if path.is_dir():
+        raise DataError(f"CSV manifest {path} is a directory, not a file (data.manifest)")
     if not path.is_file():
         raise DataError(f"CSV manifest {path} does not exist (data.root + data.manifest)")
+    raw = path.read_bytes()
     try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            return _parse_manifest(path, csv.reader(handle))
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path} is not a readable UTF-8 CSV file: {exc}") from exc
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # decode here, not in csv, to know the row
+        row = exc.object[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, row {row}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; "
+            "save the manifest as UTF-8"
+        ) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _parse_manifest(path, reader)
+    except csv.Error as exc:
+        raise DataError(f"{path}, row {reader.line_num}: not valid CSV ({exc})") from None
 
 
 def _parse_manifest(path: Path, reader: Any) -> tuple[list[str], list[_Row]]:
     header = [name.strip() for name in next(reader, [])]
-    if not header:
+    if not any(header):
         raise DataError(f"{path}, row 1: the manifest is empty; expected a header row")
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
@@ -118,15 +152,19 @@ def _parse_manifest(path: Path, reader: Any) -> tuple[list[str], list[_Row]]:
     if IMAGE_COLUMN not in header:
         raise DataError(f"{path}, row 1: no {IMAGE_COLUMN!r} column; columns: {header}")
     rows = []
+    start = reader.line_num + 1
     for fields in reader:
+        first, start = start, reader.line_num + 1
         if not any(field.strip() for field in fields):
             continue
         if len(fields) != len(header):
+            spans = f" (the row runs to line {reader.line_num}: unclosed quote?)"
             raise DataError(
-                f"{path}, row {reader.line_num}: expected {len(header)} fields, got {len(fields)}"
+                f"{path}, row {first}: expected {len(header)} fields, got {len(fields)}"
+                + (spans if reader.line_num > first else "")
             )
         values = {name: value.strip() for name, value in zip(header, fields, strict=True)}
-        rows.append(_Row(reader.line_num, values))
+        rows.append(_Row(first, values))
     if not rows:
         raise DataError(f"{path}: the manifest has a header but no rows")
     return header, rows
@@ -142,7 +180,8 @@ class _Manifest:
 
     def error(self, row: _Row, message: str) -> DataError:
         image = row.values.get(IMAGE_COLUMN) or "<no image>"
-        return DataError(f"{self.path}, row {row.number} ({self.folder / image}): {message}")
+        shown = _shown(str(self.folder / image))
+        return DataError(f"{self.path}, row {row.number} ({shown}): {message}")
 
     def require_column(self, column: str, purpose: str) -> None:
         if column not in self.header:
@@ -151,20 +190,43 @@ class _Manifest:
             )
 
     def image_paths(self) -> list[Path]:
-        seen: dict[str, int] = {}
+        """Every row's image, resolved, inside the root, existing and listed once."""
+        root = self.folder.resolve()
+        seen: dict[Path, _Row] = {}
         paths = []
         for row in self.rows:
-            name = row.values[IMAGE_COLUMN]
-            if not name:
-                raise self.error(row, f"the {IMAGE_COLUMN!r} column is empty")
-            if name in seen:
-                raise self.error(row, f"image {name!r} is listed twice (first at row {seen[name]})")
-            seen[name] = row.number
-            path = self.folder / name
-            if not path.is_file():
-                raise self.error(row, f"image file {path} does not exist")
+            path = self._image_path(row, root)
+            first = seen.setdefault(path, row)
+            if first is not row:
+                name, first_name = row.values[IMAGE_COLUMN], first.values[IMAGE_COLUMN]
+                also = "" if name == first_name else f" as {first_name!r}"
+                raise self.error(
+                    row, f"image {name!r} is listed twice (first at row {first.number}{also})"
+                )
             paths.append(path)
         return paths
+
+    def _image_path(self, row: _Row, root: Path) -> Path:
+        name = row.values[IMAGE_COLUMN]
+        if not name:
+            raise self.error(row, f"the {IMAGE_COLUMN!r} column is empty")
+        if not name.isprintable():
+            raise self.error(row, f"image path {name!r} holds a control character")
+        try:
+            path = (self.folder / name).resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise self.error(row, f"image path {name!r} cannot be resolved ({exc})") from None
+        if not path.is_relative_to(root):
+            raise self.error(
+                row,
+                f"image path {name!r} resolves to {_shown(str(path))}, outside data.root "
+                f"{root}; image paths must stay inside data.root",
+            )
+        if path.is_dir():
+            raise self.error(row, f"{_shown(str(path))} is a directory, not an image file")
+        if not path.is_file():
+            raise self.error(row, f"image file {_shown(str(self.folder / name))} does not exist")
+        return path
 
     def column_values(self, column: str) -> list[str]:
         for row in self.rows:
@@ -188,19 +250,45 @@ def _binary_targets(manifest: _Manifest, column: str) -> np.ndarray:
     return out
 
 
+def _class_ids(manifest: _Manifest, spec: LabelSpec, values: list[str]) -> tuple[np.ndarray, int]:
+    """Integer class ids, each in ``0..K-1`` (K: ``num_classes``, else the largest + 1)."""
+    ids = [int(v.split(".")[0]) for v in values]  # exact, even for huge values
+    classes = spec.num_classes or max(ids) + 1
+    limit = min(classes, MAX_CLASSES)
+    for row, class_id in zip(manifest.rows, ids, strict=True):
+        if not 0 <= class_id < limit:
+            raise manifest.error(
+                row,
+                f"column {spec.column!r} value {class_id} is out of range; "
+                f"expected 0..{limit - 1} (or class names)",
+            )
+    return np.array(ids, dtype=np.int64), classes
+
+
+def _mixed_values(manifest: _Manifest, column: str, values: list[str]) -> DataError:
+    """Numbers and other values in one column: a typo (``nan``, ``1.5``) or a wrong column.
+
+    Names the odd number out where there is one (``nan`` among names or ids),
+    else the first name among integer ids.
+    """
+    rows = list(zip(manifest.rows, values, strict=True))
+    odd = [(r, v) for r, v in rows if _is_number(v) and not _INTEGER.fullmatch(v)]
+    bad_row, bad = (odd or [(r, v) for r, v in rows if not _INTEGER.fullmatch(v)])[0]
+    example = next((f"; row {r.number} holds {v!r}" for r, v in rows if _INTEGER.fullmatch(v)), "")
+    return manifest.error(
+        bad_row,
+        f"column {column!r} value {bad!r} is not an integer class id{example}; expected "
+        "integer class ids 0..K-1 in every row, or class names in every row",
+    )
+
+
 def _multiclass_targets(manifest: _Manifest, spec: LabelSpec) -> tuple[np.ndarray, int, list[str]]:
     values = manifest.column_values(spec.column)
     if all(_INTEGER.fullmatch(v) for v in values):
-        ids = np.array([int(float(v)) for v in values], dtype=np.int64)
-        classes = spec.num_classes or int(ids.max()) + 1
-        for row, class_id in zip(manifest.rows, ids, strict=True):
-            if not 0 <= class_id < classes:
-                raise manifest.error(
-                    row,
-                    f"column {spec.column!r} value {class_id} is out of range; "
-                    f"expected 0..{classes - 1} (or class names)",
-                )
+        ids, classes = _class_ids(manifest, spec, values)
         return ids, classes, [str(k) for k in range(classes)]
+    if any(_is_number(v) for v in values):
+        raise _mixed_values(manifest, spec.column, values)
     vocabulary = sorted(set(values))
     lookup = {name: k for k, name in enumerate(vocabulary)}
     return np.array([lookup[v] for v in values], dtype=np.int64), len(vocabulary), vocabulary

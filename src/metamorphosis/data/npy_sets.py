@@ -54,10 +54,17 @@ _FOLDERS = {"seg": "label", "depth": "depth", "normals": "normal"}
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    """A numeric array from a ``.npy`` file (never unpickled); anything else is a DataError."""
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from exc
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:  # EOFError: an empty file
+        reason = " ".join(str(exc).split()) or "empty or truncated file"
+        raise DataError(f"cannot read {path}: {reason}") from None
+    if not isinstance(array, np.ndarray):  # np.load gives an NpzFile for a .npz archive
+        raise DataError(f"{path} is not a .npy array file (an .npz archive?)")
+    if array.dtype.kind not in "biuf":
+        raise DataError(f"{path} holds dtype {array.dtype}; expected numbers")
+    return array
 
 
 class NpyDataset(LabelledImageDataset):

@@ -17,6 +17,7 @@ driver identity must not leak from training into evaluation.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,8 +30,9 @@ from .base import (
     DatasetSplits,
     assemble_splits,
     check_split_by,
+    listed_file,
     match_columns,
-    require_file,
+    read_text,
     resolve_root,
 )
 from .celeba import ImageFolderDataset
@@ -57,17 +59,29 @@ ALIASES = {"classname": "behaviour", "subject": "driver"}
 
 
 def _read_manifest(path: Path) -> tuple[list[str], list[str], list[str]]:
-    require_file(path, "StateFarm manifest")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"subject", "classname", "img"} - set(reader.fieldnames or ())
-        if missing:
-            raise DataError(f"{path} row 1: missing column(s) {sorted(missing)}")
-        subjects, classnames, images = [], [], []
-        for row in reader:
-            subjects.append(row["subject"].strip())
-            classnames.append(row["classname"].strip())
-            images.append(row["img"].strip())
+    reader = csv.DictReader(io.StringIO(read_text(path, "StateFarm manifest"), newline=""))
+    try:
+        return _manifest_columns(path, reader)
+    except csv.Error as exc:
+        raise DataError(f"{path} row {reader.line_num}: not valid CSV ({exc})") from None
+
+
+def _manifest_columns(
+    path: Path, reader: csv.DictReader[str]
+) -> tuple[list[str], list[str], list[str]]:
+    missing = {"subject", "classname", "img"} - set(reader.fieldnames or ())
+    if missing:
+        raise DataError(f"{path} row 1: missing column(s) {sorted(missing)}")
+    subjects, classnames, images = [], [], []
+    for row in reader:
+        values = [row["subject"], row["classname"], row["img"]]
+        if None in values:  # DictReader fills a short row with None
+            raise DataError(f"{path} row {reader.line_num}: expected subject,classname,img")
+        subjects.append(values[0].strip())
+        classnames.append(values[1].strip())
+        images.append(values[2].strip())
+    if not images:
+        raise DataError(f"{path}: the manifest has a header but no rows")
     return subjects, classnames, images
 
 
@@ -121,7 +135,7 @@ def build_statefarm(
     ):
         rel = [f"train/{classnames[i]}/{images[i]}" for i in indices]
         paths = [
-            require_file(folder / r, f"StateFarm image (row {i + 2} of {manifest})")
+            listed_file(folder, r, "StateFarm image", f"{manifest} row {i + 2}")
             for r, i in zip(rel, indices, strict=True)
         ]
         dataset = ImageFolderDataset(

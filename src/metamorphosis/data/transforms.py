@@ -92,8 +92,7 @@ class ImageTransform:
 
     def resize(self, image: Image.Image) -> np.ndarray:
         """Convert to RGB and resize; returns the ``H×W×3`` uint8 array that datasets cache."""
-        if image.mode != _MODE:
-            image = image.convert(_MODE)
+        image = _to_rgb(image)
         height, width = self.image_size
         if image.size != (width, height):
             image = image.resize((width, height), Image.Resampling.BILINEAR)
@@ -164,6 +163,20 @@ class ImageTransform:
 
     def __repr__(self) -> str:
         return f"ImageTransform(image_size={self.image_size}, mean={self.mean}, std={self.std})"
+
+
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+"""16-bit grey modes (PNG / TIFF); PIL's ``convert("RGB")`` clips them at 255 (all white)."""
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any PIL mode: 16-bit grey is scaled to 8 bits, palette transparency dropped."""
+    if image.mode in _WIDE_GREY:
+        wide = np.asarray(image, dtype=np.float64) / 257.0  # 65535 -> 255
+        image = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8))
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # PIL warns when converting such a palette to RGB
+    return image if image.mode == _MODE else image.convert(_MODE)
 
 
 def _as_uint8_rgb(array: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ accountant. Anyone can recompute the recorded ε from ``run.json`` with
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,16 +40,59 @@ class DPPhase:
         }
 
 
+_ALPHA_RANGE_CHATTER = "Optimal order is the (largest|smallest) alpha"
+
+#: Largest ε worth accounting. PRV discretises the privacy-loss distribution over a
+#: domain that grows with ε: far beyond this it asks for tens of GiB (σ = 0.1, q = 0.004,
+#: 25,000 steps: 84.7 GiB), runs for minutes or fails ("Discrete mean differs"), while
+#: RDP answers in milliseconds. A guarantee this weak promises nothing anyway.
+MAX_ACCOUNTED_EPSILON = 100.0
+
+
 def epsilon_of_phases(phases: Sequence[DPPhase], *, delta: float, accountant: str) -> float | None:
-    """ε of all phases composed, for ``delta``; None when no DP step ran."""
+    """ε of all phases composed, for ``delta``; None when no DP step ran.
+
+    Raises :class:`PrivacyError` when the noise is so small that ε exceeds
+    :data:`MAX_ACCOUNTED_EPSILON` (checked first with RDP, an upper bound of
+    what PRV reports, so PRV is never asked to account a hopeless budget).
+    """
     history = [(p.noise_multiplier, p.sample_rate, p.steps) for p in phases if p.steps > 0]
     if not history:
         return None
-    acc = create_accountant(accountant)
-    acc.history = history
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+        warnings.filterwarnings("ignore", message=_ALPHA_RANGE_CHATTER)
+        rdp = _epsilon("rdp", history, delta)
+        _check_accountable(rdp, history, delta)
+        return rdp if accountant == "rdp" else _epsilon(accountant, history, delta)
+
+
+def _epsilon(accountant: str, history: list[tuple[float, float, int]], delta: float) -> float:
+    acc = create_accountant(accountant)
+    acc.history = list(history)
+    try:
         return float(acc.get_epsilon(delta=delta))
+    except (RuntimeError, ValueError, OverflowError, MemoryError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise PrivacyError(
+            f"accountant {accountant!r} cannot account {_describe(history)} ({reason}); "
+            "raise privacy.noise_multiplier or set privacy.target_epsilon"
+        ) from None
+
+
+def _check_accountable(rdp_epsilon: float, history, delta: float) -> None:
+    if math.isfinite(rdp_epsilon) and rdp_epsilon <= MAX_ACCOUNTED_EPSILON:
+        return
+    raise PrivacyError(
+        f"{_describe(history)} gives epsilon {rdp_epsilon:.4g} (RDP, delta={delta}), above "
+        f"{MAX_ACCOUNTED_EPSILON:g}: no meaningful guarantee; raise privacy.noise_multiplier "
+        "or set privacy.target_epsilon"
+    )
+
+
+def _describe(history: list[tuple[float, float, int]]) -> str:
+    return ", ".join(
+        f"noise multiplier {s:g} at sample rate {q:.4g} for {n} steps" for s, q, n in history
+    )
 
 
 def noise_for_target_epsilon(
@@ -63,7 +107,7 @@ def noise_for_target_epsilon(
         raise PrivacyError("no DP steps are planned: cannot calibrate noise")
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            warnings.filterwarnings("ignore", message=_ALPHA_RANGE_CHATTER)
             sigma = get_noise_multiplier(
                 target_epsilon=target_epsilon,
                 target_delta=delta,

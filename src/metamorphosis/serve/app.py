@@ -21,12 +21,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..data import UnknownItemError
+from ..errors import MetaMorphosisError
 from ..train.remote import StaleStep
-from .codec import MEDIA_TYPE, CodecError
+from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, CodecError
 from .keys import AuthError, KeyFileError
 from .service import Forbidden, ProducerService, RequestError
 
 __all__ = [
+    "BodyTooLarge",
     "base_app",
     "create_app",
     "ACCESS_LOG",
@@ -39,10 +41,18 @@ ACCESS_LOG = "metamorphosis.access"
 #: WebSocket close codes of the stream (4000-4999 is the application range).
 WS_UNAUTHORIZED, WS_FORBIDDEN, WS_INVALID = 4401, 4403, 4422
 _log = logging.getLogger(ACCESS_LOG)
+#: Answered without a concurrency slot: a busy server is still alive and ready.
+_HEALTH_ROUTES = ("/healthz", "/readyz")
+
+
+class BodyTooLarge(MetaMorphosisError):
+    """A request body grew past the limit while it streamed in (413)."""
 
 
 def _error_response(exc: Exception) -> JSONResponse | None:
     """The one mapping from service errors to HTTP answers (None: not ours)."""
+    if isinstance(exc, BodyTooLarge):
+        return JSONResponse({"error": "body too large"}, status_code=413)
     if isinstance(exc, AuthError):  # one answer for every reason: nothing to probe
         return JSONResponse(
             {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
@@ -84,24 +94,66 @@ class _Metrics:
         )
 
 
+class _BodyLimit:
+    """Counts request body bytes as they stream in, whatever Content-Length says.
+
+    A chunked body carries no Content-Length, so the header check alone let any
+    size through to ``request.body()``; past ``max_bytes`` the next read raises
+    :class:`BodyTooLarge`, which the app answers with 413.
+    """
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _declared_too_large(request: Request, max_bytes: int) -> bool:
+    length = request.headers.get("content-length")
+    return length is not None and (not length.isdigit() or int(length) > max_bytes)
+
+
 def base_app(*, max_body_bytes: int, max_concurrency: int) -> FastAPI:
     """An app with the limits, access log, metrics, error mapping and health routes.
 
     ``app.state.metrics`` holds the metrics (its ``registry`` is what the
     metrics port serves).
+
+    Raises:
+        ValueError: a limit below 1 (0 would answer every request 503 or 413).
     """
+    if max_body_bytes < 1 or max_concurrency < 1:
+        raise ValueError(f"{max_body_bytes=} and {max_concurrency=} must be >= 1")
     app = FastAPI(title="metamorphosis producer", version="1")
     metrics = _Metrics()
     app.state.metrics = metrics
     slots = asyncio.Semaphore(max_concurrency)
+    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
         started = time.perf_counter()
         route = _route_of(request)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+        if _declared_too_large(request, max_body_bytes):
             response: Response = JSONResponse({"error": "body too large"}, status_code=413)
+        elif route in _HEALTH_ROUTES:
+            response = await call_next(request)
         elif slots.locked():
             response = JSONResponse({"error": "busy"}, status_code=503)
         else:
@@ -121,9 +173,17 @@ def base_app(*, max_body_bytes: int, max_concurrency: int) -> FastAPI:
             return JSONResponse({"error": "internal error"}, status_code=500)
         return mapped
 
-    for error in (AuthError, Forbidden, UnknownItemError, RequestError, CodecError, KeyFileError):
+    for error in (
+        AuthError,
+        Forbidden,
+        UnknownItemError,
+        RequestError,
+        CodecError,
+        KeyFileError,
+        BodyTooLarge,
+        StaleStep,
+    ):
         app.add_exception_handler(error, _errors)
-    app.add_exception_handler(StaleStep, _errors)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -167,13 +227,16 @@ def create_app(
     def features(
         request: Request,
         task: str,
-        ids: str = Query(..., description="comma-separated item ids"),
+        ids: str | None = Query(None, description="comma-separated item ids (none with a comma)"),
+        item_ids: list[str] | None = Query(
+            None, alias="id", description="one item id per `id`, repeated; any characters"
+        ),
         encoding: str = Query("float32"),
         compression: str = Query("none"),
         authorization: str | None = Header(None),
     ) -> Response:
         request.state.key_id = service.authorize(authorization, task).key_id
-        wanted = [i for i in ids.split(",") if i]
+        wanted = _wanted_ids(ids, item_ids)
         body = service.features(task, wanted, encoding=encoding, compression=compression)
         metrics.feature_bytes.labels(task).inc(len(body))
         return Response(body, media_type=MEDIA_TYPE)
@@ -182,15 +245,21 @@ def create_app(
     async def stream(
         websocket: WebSocket,
         task: str,
-        batch_size: int = 16,
+        batch_size: str = "16",
         encoding: str = "float32",
         compression: str = "none",
     ) -> None:
-        """One safetensors message per batch of items, in order; then a normal close."""
+        """One safetensors message per batch of items, in order; then a normal close.
+
+        ``batch_size`` is parsed here, not by FastAPI: its validation error would
+        refuse the handshake (HTTP 403) instead of closing with 4422 and a reason.
+        """
         await websocket.accept()
         try:
             record = service.authorize(websocket.headers.get("authorization"), task)
-            batches = service.id_batches(batch_size)
+            batches = service.id_batches(_batch_size(batch_size))
+            _check_choice("encoding", encoding, ENCODINGS)
+            _check_choice("compression", compression, COMPRESSIONS)
         except AuthError:
             await websocket.close(code=WS_UNAUTHORIZED)
             return
@@ -198,7 +267,7 @@ def create_app(
             await websocket.close(code=WS_FORBIDDEN)
             return
         except RequestError as exc:
-            await websocket.close(code=WS_INVALID, reason=str(exc)[:120])
+            await websocket.close(code=WS_INVALID, reason=_close_reason(exc))
             return
         started = time.perf_counter()
         for ids in batches:
@@ -207,7 +276,7 @@ def create_app(
                     service.features, task, ids, encoding=encoding, compression=compression
                 )
             except (RequestError, CodecError) as exc:
-                await websocket.close(code=WS_INVALID, reason=str(exc)[:120])
+                await websocket.close(code=WS_INVALID, reason=_close_reason(exc))
                 return
             metrics.feature_bytes.labels(task).inc(len(body))
             await websocket.send_bytes(body)
@@ -217,6 +286,32 @@ def create_app(
         _log.info(json.dumps({**entry, "ms": round(1000 * seconds, 2)}))
 
     return app
+
+
+def _wanted_ids(ids: str | None, item_ids: list[str] | None) -> list[str]:
+    """``id`` repeated (one id each, commas allowed) or ``ids`` comma-separated; not both."""
+    if ids is not None and item_ids:
+        raise RequestError("give the items as repeated id= or as ids=a,b,c, not both")
+    if item_ids:
+        return item_ids
+    return [i for i in (ids or "").split(",") if i]
+
+
+def _close_reason(exc: Exception) -> str:
+    # A close frame's reason holds at most 123 bytes of UTF-8.
+    return str(exc).encode()[:123].decode(errors="ignore")
+
+
+def _batch_size(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise RequestError(f"batch_size must be an integer, got {text[:20]!r}") from None
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(allowed)}, got {value[:20]!r}")
 
 
 _TASK_ROUTES = ("schema", "items", "features", "stream")

@@ -27,13 +27,29 @@ from ..train.split import Consumer
 from .codec import MEDIA_TYPE, decode_tensors, encode_tensors
 
 STATE_HEADER = "X-Training-State"  # as in .training (not imported: the client needs no server)
+_Params = dict[str, Any] | httpx.QueryParams | None
 
 __all__ = ["AsyncConsumerClient", "ConsumerClient", "ServiceError"]
 
 
 def _tls(verify: bool | str) -> bool | ssl.SSLContext:
     """``True``/``False``, or a CA bundle path turned into the context httpx wants."""
-    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify
+    if not isinstance(verify, str):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:  # missing, unreadable or not PEM
+        detail = getattr(exc, "strerror", None) or exc
+        raise MetaMorphosisError(
+            f"CA bundle {verify!r} cannot be loaded ({detail}): expected PEM certificates"
+        ) from exc
+
+
+def _id_params(ids: Sequence[str], encoding: str, compression: str) -> httpx.QueryParams:
+    # One `id` per item: an id may hold a comma (CSV image names), which the
+    # comma-separated `ids=` form cannot carry.
+    pairs = (*(("id", i) for i in ids), ("encoding", encoding), ("compression", compression))
+    return httpx.QueryParams(pairs)
 
 
 class ServiceError(MetaMorphosisError):
@@ -88,8 +104,7 @@ class ConsumerClient:
     ) -> tuple[Tensor, list[str]]:
         """Features of ``ids`` (float32, dequantised) and the ids the producer answered for."""
         response = self._get(
-            f"/v1/tasks/{self.task}/features",
-            params={"ids": ",".join(ids), "encoding": encoding, "compression": compression},
+            f"/v1/tasks/{self.task}/features", _id_params(ids, encoding, compression)
         )
         tensors, metadata = decode_tensors(response.content, compression=compression)
         return tensors["features"], json.loads(metadata["ids"])
@@ -189,7 +204,7 @@ class ConsumerClient:
     def _get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._get(path, params).json()
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    def _get(self, path: str, params: _Params = None) -> httpx.Response:
         try:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as exc:  # refused, timed out, TLS failure: status 0
@@ -245,12 +260,12 @@ class AsyncConsumerClient:
         self, ids: Sequence[str], *, encoding: str = "float32", compression: str = "none"
     ) -> tuple[Tensor, list[str]]:
         """As :meth:`ConsumerClient.features`."""
-        params = {"ids": ",".join(ids), "encoding": encoding, "compression": compression}
+        params = _id_params(ids, encoding, compression)
         response = await self._get(f"/v1/tasks/{self.task}/features", params)
         tensors, metadata = decode_tensors(response.content, compression=compression)
         return tensors["features"], json.loads(metadata["ids"])
 
-    async def _get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+    async def _get(self, path: str, params: _Params = None) -> httpx.Response:
         try:
             response = await self._http.get(path, params=params)
         except httpx.HTTPError as exc:

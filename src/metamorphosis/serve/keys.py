@@ -28,6 +28,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from metamorphosis.train.checkpoint import atomic_write
 
 __all__ = [
     "AUTH_REASONS",
+    "MAX_TTL",
     "SECRET_PREFIX",
     "AuthError",
     "IssuedKey",
@@ -48,6 +50,7 @@ __all__ = [
     "KeyRecord",
     "KeyStore",
     "parse_bearer",
+    "valid_task_name",
 ]
 
 SECRET_PREFIX = "mmk_"
@@ -63,6 +66,13 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _SECRET_RE = re.compile(r"mmk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _TASK_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _FIELDS = ("key_id", "task", "sha256", "created_at", "expires_at", "revoked_at")
+#: Longest ``ttl``: 100 years (a longer one is a typo; no ttl means "until revoked").
+MAX_TTL = 100 * 365.25 * 86400
+# Timestamps in the file lie between the epoch and the end of year 9999, the range
+# time.ctime can print (a larger one made `keys list` crash).
+_MAX_TIMESTAMP = 253402300799.0
+# A key file is a few hundred bytes per key; a much larger "file" is not one.
+_MAX_FILE_BYTES = 16 * 2**20
 # Compared against when the key id is unknown, so that an unknown id costs the
 # same work as a wrong token for a known one.
 _DUMMY_DIGEST = hashlib.sha256(b"metamorphosis-no-such-key").hexdigest()
@@ -153,6 +163,11 @@ class IssuedKey:
         )
 
 
+def valid_task_name(name: str) -> bool:
+    """Task names are ``[A-Za-z0-9_.-]+``: safe in a URL path and in ``keys.json``."""
+    return isinstance(name, str) and _TASK_RE.fullmatch(name) is not None
+
+
 def parse_bearer(header: str | None) -> str | None:
     """The credential of an ``Authorization: Bearer <secret>`` header, else ``None``.
 
@@ -174,10 +189,47 @@ def _number(value: Any, *, optional: bool) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _timestamp(value: Any, *, optional: bool) -> bool:
+    return _number(value, optional=optional) and (value is None or 0 <= value <= _MAX_TIMESTAMP)
+
+
 @dataclass(frozen=True)
 class _Entry:
     record: KeyRecord
     sha256: str
+
+
+_WHEN = "epoch seconds (0 to year 9999)"
+_RULES = (  # field, check, what is allowed
+    ("key_id", lambda v: isinstance(v, str) and _KEY_ID_RE.fullmatch(v), "12 hex digits"),
+    ("task", lambda v: isinstance(v, str) and _TASK_RE.fullmatch(v), "[A-Za-z0-9_.-]+"),
+    ("sha256", lambda v: isinstance(v, str) and _SHA256_RE.fullmatch(v), "64 hex digits"),
+    ("created_at", lambda v: _timestamp(v, optional=False), _WHEN),
+    ("expires_at", lambda v: _timestamp(v, optional=True), f"{_WHEN} or null"),
+    ("revoked_at", lambda v: _timestamp(v, optional=True), f"{_WHEN} or null"),
+)
+
+
+def _parse_record(where: str, item: Any) -> _Entry:
+    """One record of ``keys.json``, every field checked (``where`` names it in errors)."""
+    if not isinstance(item, dict) or set(item) != set(_FIELDS):
+        raise KeyFileError(f"{where} must have exactly the fields {', '.join(_FIELDS)}")
+    for name, check, allowed in _RULES:
+        if not check(item[name]):
+            shown = "(hidden)" if name == "sha256" else repr(item[name])[:40]
+            raise KeyFileError(f"{where} has an invalid {name} {shown}: expected {allowed}")
+
+    def when(name: str) -> float | None:
+        return None if item[name] is None else float(item[name])
+
+    record = KeyRecord(
+        key_id=item["key_id"],
+        task=item["task"],
+        created_at=float(item["created_at"]),
+        expires_at=when("expires_at"),
+        revoked_at=when("revoked_at"),
+    )
+    return _Entry(record, item["sha256"])
 
 
 class KeyStore:
@@ -207,9 +259,19 @@ class KeyStore:
 
     def _stat_signature(self) -> tuple[int, int, int] | None:
         try:
-            st = self.path.stat()
+            st = self.path.lstat()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise KeyFileError(f"cannot read key file {self.path}: {exc.strerror}") from exc
+        # Not a symlink: every write replaces the link with a file, silently
+        # forking the keys; not a FIFO or device, whose read could block forever.
+        if stat.S_ISLNK(st.st_mode):
+            raise KeyFileError(f"key file {self.path} is a symlink: it must be a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyFileError(f"key file {self.path} is not a regular file")
+        if st.st_size > _MAX_FILE_BYTES:
+            raise KeyFileError(f"key file {self.path} is over {_MAX_FILE_BYTES} bytes")
         # The inode changes on every atomic replace, so even two writes within one
         # mtime tick that keep the size are noticed.
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -230,11 +292,16 @@ class KeyStore:
                 return
             except OSError as exc:
                 raise KeyFileError(f"cannot read key file {self.path}: {exc}") from exc
+            except UnicodeDecodeError as exc:
+                raise KeyFileError(f"key file {self.path} is not UTF-8 text") from exc
             self._entries = self._parse(text)
             self._signature = signature
 
     def _parse(self, text: str) -> dict[str, _Entry]:
         where = f"key file {self.path}"
+        if not text.strip():
+            expected = f'{{"version": {FILE_VERSION}, "keys": [...]}}'
+            raise KeyFileError(f"{where} is empty: expected {expected}")
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as exc:
@@ -246,33 +313,10 @@ class KeyStore:
             raise KeyFileError(f'{where} must have a "keys" list')
         entries: dict[str, _Entry] = {}
         for i, item in enumerate(keys):
-            bad = f"{where}: keys[{i}]"
-            if not isinstance(item, dict) or set(item) != set(_FIELDS):
-                raise KeyFileError(f"{bad} must have exactly the fields {', '.join(_FIELDS)}")
-            key_id, task, digest = item["key_id"], item["task"], item["sha256"]
-            if not isinstance(key_id, str) or not _KEY_ID_RE.fullmatch(key_id):
-                raise KeyFileError(f"{bad} has an invalid key_id {key_id!r}")
-            if key_id in entries:
-                raise KeyFileError(f"{bad} repeats key_id {key_id!r}")
-            if not isinstance(task, str) or not _TASK_RE.fullmatch(task):
-                raise KeyFileError(f"{bad} has an invalid task {task!r}")
-            if not isinstance(digest, str) or not _SHA256_RE.fullmatch(digest):
-                raise KeyFileError(f"{bad} has an invalid sha256")
-            for name, optional in (
-                ("created_at", False),
-                ("expires_at", True),
-                ("revoked_at", True),
-            ):
-                if not _number(item[name], optional=optional):
-                    raise KeyFileError(f"{bad} has an invalid {name} {item[name]!r}")
-            record = KeyRecord(
-                key_id=key_id,
-                task=task,
-                created_at=float(item["created_at"]),
-                expires_at=None if item["expires_at"] is None else float(item["expires_at"]),
-                revoked_at=None if item["revoked_at"] is None else float(item["revoked_at"]),
-            )
-            entries[key_id] = _Entry(record, digest)
+            entry = _parse_record(f"{where}: keys[{i}]", item)
+            if entry.record.key_id in entries:
+                raise KeyFileError(f"{where}: keys[{i}] repeats key_id {entry.record.key_id!r}")
+            entries[entry.record.key_id] = entry
         return entries
 
     def _write(self, entries: dict[str, _Entry]) -> None:
@@ -307,14 +351,16 @@ class KeyStore:
 
         Raises:
             MetaMorphosisError: ``task`` is not a name of ``[A-Za-z0-9_.-]+`` or
-                ``ttl`` is not a finite number > 0.
+                ``ttl`` is not a number of seconds in (0, :data:`MAX_TTL`].
         """
         if not isinstance(task, str) or not _TASK_RE.fullmatch(task):
             raise MetaMorphosisError(
                 f"task={task!r} is not a valid task name (letters, digits, '_', '.', '-')"
             )
-        if ttl is not None and not (_number(ttl, optional=False) and ttl > 0):
-            raise MetaMorphosisError(f"ttl={ttl!r} must be a finite number of seconds > 0")
+        if ttl is not None and not (_number(ttl, optional=False) and 0 < ttl <= MAX_TTL):
+            raise MetaMorphosisError(
+                f"ttl={ttl!r} must be a number of seconds > 0 and <= {MAX_TTL:.0f} (100 years)"
+            )
         with self._lock:
             self._refresh(force=True)  # build on the latest file, not a stale cache
             key_id = secrets.token_hex(_KEY_ID_BYTES)

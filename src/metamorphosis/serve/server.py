@@ -11,12 +11,14 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..config import config_from_dict
 from ..data import ImageTransform, build_datasets
 from ..errors import ConfigError
 from ..rundir import load_producer, read_run_json
 from .keys import KeyStore
+from .listen import check_port, check_positive, check_tls, listen_socket, uvicorn_server
 from .service import (
     VIDEO_SUFFIXES,
     DatasetSource,
@@ -31,8 +33,11 @@ __all__ = [
     "SPLITS",
     "build_service",
     "check_bind",
+    "check_limits",
+    "check_listen",
     "free_port",
     "key_store",
+    "open_listener",
     "serve_forever",
 ]
 
@@ -101,6 +106,8 @@ def _is_loopback(host: str) -> bool:
 
 def check_bind(host: str, *, tls: bool, insecure: bool) -> None:
     """Refuse plaintext on a non-loopback address unless ``insecure`` says so."""
+    if not host.strip():  # "" would bind every interface
+        raise ConfigError("--host '' is empty: expected an address such as 127.0.0.1")
     if not _is_loopback(host) and not tls and not insecure:
         raise ConfigError(
             f"refusing to serve plaintext HTTP on {host}: give --ssl-certfile and "
@@ -108,37 +115,91 @@ def check_bind(host: str, *, tls: bool, insecure: bool) -> None:
         )
 
 
-def serve_forever(
-    service: ProducerService,
-    *,
+def check_limits(*, max_concurrency: int, max_ids: int, max_body_bytes: int) -> None:
+    """``serve``'s limits: each at least 1 (0 would refuse every request or item)."""
+    check_positive(max_concurrency, "--max-concurrency")
+    check_positive(max_ids, "--max-ids")
+    check_positive(max_body_bytes, "--max-body-bytes")
+
+
+def check_listen(
     host: str,
     port: int,
+    *,
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
+    insecure: bool = False,
     metrics_port: int | None = None,
-    max_concurrency: int = 8,
-    max_body_bytes: int = 64 * 2**20,
 ) -> None:
-    """Run uvicorn until interrupted; metrics on their own port when asked."""
-    import uvicorn
+    """Every listening option that can be checked without binding.
+
+    Raises:
+        ConfigError: half or unloadable TLS files, plaintext on a public address,
+            a port out of range, ``--metrics-port`` equal to ``--port``.
+    """
+    check_tls(ssl_certfile, ssl_keyfile)
+    check_bind(host, tls=ssl_certfile is not None, insecure=insecure)
+    check_port(port, "--port", any_port=True)
+    if metrics_port is not None:
+        check_port(metrics_port, "--metrics-port")
+        if metrics_port == port:
+            raise ConfigError(f"--metrics-port {metrics_port} must differ from --port {port}")
+
+
+def open_listener(
+    host: str, port: int, *, metrics_port: int | None = None, metrics_registry: Any = None
+) -> socket.socket:
+    """The API's listening socket, and the metrics server on ``metrics_port`` when given.
+
+    Raises:
+        ConfigError: either port is in use (or ``host`` is no address here).
+    """
+    sock = listen_socket(host, port)
+    if metrics_port is not None:
+        try:
+            _start_metrics(host, metrics_port, metrics_registry)
+        except ConfigError:
+            sock.close()
+            raise
+    return sock
+
+
+def _start_metrics(host: str, port: int, registry: Any) -> None:
     from prometheus_client import start_http_server
 
-    from .app import ACCESS_LOG, create_app
+    listen_socket(host, port, flag="--metrics-port").close()  # the same clear errors
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:  # taken in the instant since the check
+        raise ConfigError(f"--metrics-port {port}: {exc.strerror or exc}") from exc
 
-    app = create_app(service, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+
+def _access_log_to_stderr() -> None:
+    """The access log's lines on stderr, each once."""
+    from .app import ACCESS_LOG
+
     access = logging.getLogger(ACCESS_LOG)
-    access.addHandler(handler)
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
     access.setLevel(logging.INFO)
-    if metrics_port is not None:
-        start_http_server(metrics_port, addr=host, registry=app.state.metrics.registry)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-        access_log=False,  # ours is structured and carries no query strings
-        log_level="warning",
+    # Not also through the root logger's handler (opacus calls logging.basicConfig),
+    # which wrote every line a second time with an "INFO:" prefix.
+    access.propagate = False
+
+
+def serve_forever(
+    app: Any,
+    sock: socket.socket,
+    *,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+) -> None:
+    """Run ``app`` with uvicorn on the socket of :func:`open_listener` until interrupted."""
+    host, port = sock.getsockname()[:2]
+    _access_log_to_stderr()
+    server = uvicorn_server(
+        app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
     )
+    server.run(sockets=[sock])

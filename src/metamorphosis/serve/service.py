@@ -14,7 +14,7 @@ are testable without a server:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -100,7 +100,7 @@ class FolderSource:
     def _load(self, item_id: str) -> Tensor:
         path = self._paths.get(item_id)
         if path is None:
-            raise UnknownItemError(f"no item {item_id!r} in {self.folder}")
+            raise UnknownItemError(f"no item {item_id!r} in the served folder")  # no path leak
         try:
             with Image.open(path) as image:
                 return self._preprocess(image)
@@ -109,6 +109,38 @@ class FolderSource:
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+def _decode_video(
+    path: Path, max_frames: int, convert: Callable[[np.ndarray], np.ndarray]
+) -> list[np.ndarray]:
+    """``convert`` of each of the first ``max_frames`` RGB frames of the first video stream.
+
+    Each frame is converted (resized) as it is decoded: full-size frames of a
+    long video would not fit in memory.
+    """
+    try:
+        import av  # the 'serve' extra; only needed for video sources
+    except ImportError as exc:
+        raise MetaMorphosisError(
+            f"--source {path}: reading video needs PyAV: pip install -e '.[serve]'"
+        ) from exc
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:  # PyAV raises IndexError for decode(video=0)
+                raise DataError(f"--source {path} holds no video stream")
+            for frame in container.decode(video=0):
+                if len(frames) >= max_frames:
+                    break
+                frames.append(convert(frame.to_ndarray(format="rgb24")))
+    except (av.error.FFmpegError, OSError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise DataError(
+            f"--source {path}: cannot decode the video ({reason}); expected a video file "
+            f"FFmpeg reads ({', '.join(VIDEO_SUFFIXES)})"
+        ) from exc
+    return frames
 
 
 class VideoSource:
@@ -120,22 +152,12 @@ class VideoSource:
     """
 
     def __init__(self, path: str | Path, transform: ImageTransform, *, max_frames: int = 10_000):
-        import av  # the 'serve' extra; only needed for video sources
-
         self.path = Path(path)
         self._transform = transform
-        self._frames: dict[str, np.ndarray] = {}
-        try:
-            with av.open(str(self.path)) as container:
-                for index, frame in enumerate(container.decode(video=0)):
-                    if index >= max_frames:
-                        break
-                    pixels = frame.to_ndarray(format="rgb24")
-                    self._frames[f"frame-{index:06d}"] = transform.resize_array(pixels)
-        except (av.error.FFmpegError, OSError) as exc:
-            raise DataError(f"cannot decode video {self.path}: {exc}") from exc
+        frames = _decode_video(self.path, max_frames, transform.resize_array)
+        self._frames = {f"frame-{index:06d}": pixels for index, pixels in enumerate(frames)}
         if not self._frames:
-            raise DataError(f"video {self.path} has no frames")
+            raise DataError(f"--source {self.path}: the video has no frames")
 
     def ids(self) -> list[str]:
         return list(self._frames)
@@ -176,6 +198,8 @@ class ProducerService:
     def __init__(
         self, producer: Producer, source: FeatureSource, keys: KeyStore, *, max_ids: int = 256
     ) -> None:
+        if isinstance(max_ids, bool) or not isinstance(max_ids, int) or max_ids < 1:
+            raise MetaMorphosisError(f"max_ids={max_ids!r} must be an integer >= 1")
         self.producer = producer.eval()
         self.source = source
         self.keys = keys

@@ -21,7 +21,6 @@ import math
 import threading
 import time
 
-import uvicorn
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 
@@ -29,7 +28,7 @@ from ..train.remote import StaleStep, TrainingHub
 from .app import base_app
 from .codec import MEDIA_TYPE, CodecError, check_gradient, decode_tensors, encode_tensors
 from .keys import KeyStore
-from .server import free_port
+from .listen import HEADER_TIMEOUT, check_tls, listen_socket, uvicorn_server
 from .service import authorize
 
 __all__ = ["STATE_HEADER", "create_training_app", "TrainingServer"]
@@ -97,7 +96,12 @@ def _finite_float(text: str | None) -> float:
 
 
 class TrainingServer:
-    """The training routes on a background uvicorn thread, for the length of a run."""
+    """The training routes on a background uvicorn thread, for the length of a run.
+
+    The port is bound and the TLS files are loaded when it is constructed, so a
+    busy port or a bad certificate is a :class:`~metamorphosis.errors.ConfigError`
+    before anything runs (``port=0``: a free port, see :attr:`url`).
+    """
 
     def __init__(
         self,
@@ -109,19 +113,24 @@ class TrainingServer:
         max_body_bytes: int = 64 * 2**20,
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
+        header_timeout: float = HEADER_TIMEOUT,
     ) -> None:
-        port = port or free_port(host)
-        self.url = f"{'https' if ssl_certfile else 'http'}://{host}:{port}"
-        config = uvicorn.Config(
+        check_tls(ssl_certfile, ssl_keyfile)
+        self._socket = listen_socket(host, port)
+        port = self._socket.getsockname()[1]
+        where = f"[{host}]" if ":" in host else host  # an IPv6 address
+        self.url = f"{'https' if ssl_certfile else 'http'}://{where}:{port}"
+        self._server = uvicorn_server(
             create_training_app(hub, keys, max_body_bytes=max_body_bytes),
             host=host,
             port=port,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
-            log_level="warning",
+            header_timeout=header_timeout,
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
 
     def __enter__(self) -> TrainingServer:
         self._thread.start()
@@ -135,3 +144,4 @@ class TrainingServer:
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=30)
+        self._socket.close()

@@ -21,15 +21,18 @@ All DP phases share one noise multiplier and sample rate, calibrated so the
 composition of every DP step meets ``target_epsilon``. Heads (consumers) are
 trained without DP: only producer-side parameters see private gradients
 through the split-learning step. A checkpoint is written atomically after
-every epoch; a run started again on the same directory resumes from it.
+every epoch; a run started again on the same directory resumes from it,
+after removing what a kill left behind (temporaries of atomic writes, and the
+``metrics.jsonl`` records logged after the checkpoint it resumes from).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -44,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, config_to_dict
 from ..data import DatasetSplits
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError, MetaMorphosisError, PrivacyError
 from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
 from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
@@ -54,7 +57,13 @@ from .baselines import (
     distill_step,
     teachers_step,
 )
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from .evaluate import evaluate
 from .remote import RemoteConsumer, TrainingHub, check_remote_method
 from .split import Consumer, ConsumerLike, StepResult, producer_step
@@ -62,6 +71,29 @@ from .split import Consumer, ConsumerLike, StepResult, producer_step
 __all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer"]
 
 LOG_EVERY_STEPS = 10
+METRICS_NAME = "metrics.jsonl"
+#: Run-dir files written with ``atomic_write`` while training (the last three by
+#: ``rundir.write_run``); a kill mid-write leaves a temporary of one of them behind.
+ATOMIC_RUN_FILES = (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    "run.json",
+    "producer.safetensors",
+    "heads.safetensors",
+)
+_RESTART = "delete it to restart training from scratch"
+#: Checkpoint entries the trainer reads back, and the types they must have.
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "phase": int,
+    "epoch": int,
+    "steps_done": list,
+    "producer": dict,
+    "heads": dict,
+    "head_optimizers": dict,
+    "producer_optimizer": (dict, type(None)),
+    "torch_rng": torch.Tensor,
+    "config": str,
+}
 
 
 @dataclass(frozen=True)
@@ -157,6 +189,75 @@ def _load_remote_head(head: nn.Module, state: dict[str, torch.Tensor], name: str
         )
 
 
+def _check_state(path: Path, state: dict[str, Any], phases: int) -> None:
+    """A checkpoint that loads but lacks what resuming reads is refused in one line."""
+    for key, kind in _STATE_TYPES.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} has no {key!r} entry; {_RESTART}")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            expected = " or ".join(k.__name__ for k in kinds)
+            raise CheckpointError(
+                f"checkpoint {path}: {key!r} is a {type(state[key]).__name__}, expected "
+                f"{expected}; {_RESTART}"
+            )
+    steps = state["steps_done"]
+    if len(steps) != phases or not all(isinstance(n, int) and n >= 0 for n in steps):
+        raise CheckpointError(
+            f"checkpoint {path}: 'steps_done' is {steps!r}; expected {phases} step counts; "
+            + _RESTART
+        )
+    if not 0 <= state["phase"] <= phases or state["epoch"] < 0:
+        raise CheckpointError(
+            f"checkpoint {path}: phase {state['phase']} / epoch {state['epoch']} is outside "
+            f"this run's {phases} phase(s); {_RESTART}"
+        )
+
+
+def _restore(path: Path, what: str, load: Callable[[Any], Any], saved: Any) -> None:
+    """``load(saved)``; a state that does not fit the model becomes one CheckpointError line."""
+    try:
+        load(saved)
+    except MetaMorphosisError:
+        raise
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        text = f"no entry {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+        reason = " ".join(text.split())  # torch's messages span lines
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        raise CheckpointError(
+            f"cannot resume from {path}: its {what} does not fit this run ({reason}); {_RESTART}"
+        ) from None
+
+
+def _truncate_metrics(path: Path, size: Any) -> None:
+    """Keep the first ``size`` bytes: the records logged up to the checkpoint.
+
+    A run killed after its last checkpoint has logged steps (and maybe an
+    epoch) that the resumed run logs again; without this they would appear twice.
+    """
+    if not isinstance(size, int) or not path.is_file() or path.stat().st_size <= size:
+        return  # older checkpoints do not record the size; a shorter file is left alone
+    with path.open("rb") as handle:
+        kept = handle.read(size)
+    atomic_write(path, lambda tmp: tmp.write_bytes(kept))
+
+
+def _check_splits(data: DatasetSplits, config: Config) -> None:
+    """Empty train or test splits would divide by zero or report NaN metrics after training."""
+    total = sum(_size(split) for split in (data.train, data.val, data.test))
+    hints = {
+        "train": "add items or lower data.val_fraction / data.test_fraction",
+        "test": "add items, raise data.test_fraction or, for a CSV manifest with a split "
+        "column, mark some rows 'test'",
+    }
+    for split, hint in hints.items():
+        if _size(getattr(data, split)) == 0:
+            raise DataError(
+                f"dataset {config.data.name!r} has an empty {split} split ({total} items in "
+                f"all): training needs at least one {split} item; {hint}"
+            )
+
+
 class _WithIndex(Dataset):
     """``(image, labels, index)``: the index names the item for remote consumers."""
 
@@ -238,6 +339,7 @@ class Trainer:
         noise_multiplier: float | None = None,
         prior_dp_phases: Sequence[DPPhase] = (),
     ):
+        _check_splits(data, config)
         self.config = config
         self.remote = remote
         self.data = data
@@ -282,6 +384,7 @@ class Trainer:
         self.sample_rate = self.batch_size / _size(data.train)
         self.noise_multiplier = noise_multiplier or self._noise_multiplier()
         self._epsilon_cache: dict[tuple[int, ...], float | None] = {}
+        self._check_final_epsilon()
 
     # -- planning -----------------------------------------------------------------
     @property
@@ -305,6 +408,35 @@ class Trainer:
             steps=dp_steps,
             accountant=privacy.accountant,
         )
+
+    def _check_final_epsilon(self) -> None:
+        """Refuse a noise so small that ε is infinite now, not when run.json is written.
+
+        The planned step counts are those ``fit`` ends with, so the value is
+        cached for the end of the run and costs no extra accountant call.
+        """
+        planned = [p.epochs * self.steps_per_epoch if p.dp else 0 for p in self.phases]
+        privacy = self.config.privacy
+        try:
+            with warnings.catch_warnings():  # the accountants' overflow / alpha-range chatter
+                warnings.simplefilter("ignore")
+                epsilon = self._epsilon(planned)
+        except MetaMorphosisError:
+            raise
+        except (RuntimeError, ValueError, OverflowError) as exc:  # PRV fails on tiny noise
+            reason = " ".join(str(exc).split())
+            raise PrivacyError(
+                f"accountant {privacy.accountant!r} cannot account privacy.noise_multiplier="
+                f"{self.noise_multiplier} over {sum(planned)} DP steps ({reason}); raise "
+                "privacy.noise_multiplier or set privacy.target_epsilon"
+            ) from None
+        if epsilon is not None and not math.isfinite(epsilon):
+            raise PrivacyError(
+                f"privacy.noise_multiplier={self.noise_multiplier} gives epsilon={epsilon} "
+                f"over {sum(planned)} DP steps (accountant {privacy.accountant!r}, "
+                f"delta={privacy.delta}): no finite guarantee; raise privacy.noise_multiplier "
+                "or set privacy.target_epsilon"
+            )
 
     # -- data ---------------------------------------------------------------------
     def _loader(self, dataset: Dataset, *, dp: bool, epoch_seed: int) -> DataLoader:
@@ -471,12 +603,13 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------
     def _checkpoint_state(
-        self, phase_index: int, epoch: int, steps_done: list[int], optimizer
+        self, phase_index: int, epoch: int, steps_done: list[int], optimizer, metrics_size: int
     ) -> dict[str, Any]:
         return {
             "phase": phase_index,
             "epoch": epoch,
             "steps_done": list(steps_done),
+            "metrics_size": metrics_size,  # bytes of metrics.jsonl this state has logged
             "producer": self.producer.state_dict(),
             "heads": self.heads.state_dict(),
             "head_optimizers": {
@@ -495,19 +628,25 @@ class Trainer:
         if not path.exists():
             return None
         state = load_checkpoint(path)
+        _check_state(path, state, len(self.phases))
         ours = json.dumps(config_to_dict(self.config), sort_keys=True)
         if state["config"] != ours:
             raise CheckpointError(
                 f"{path} was written for another config; use a new --out directory "
                 "or delete the checkpoint to start over"
             )
-        self.producer.load_state_dict(state["producer"])
-        self.heads.load_state_dict(state["heads"])
+        _restore(path, "producer", self.producer.load_state_dict, state["producer"])
+        _restore(path, "heads", self.heads.load_state_dict, state["heads"])
+        head_states = state["head_optimizers"]
         for name, consumer in self.local_consumers.items():
-            consumer.optimizer.load_state_dict(state["head_optimizers"][name])
-        self.auxiliary.load_state_dict(state.get("auxiliary", {}))  # older checkpoints: none
-        self.auxiliary.load_optimizer_states(state.get("auxiliary_optimizers", {}))
-        torch.set_rng_state(state["torch_rng"])
+            what = f"{name!r} head optimizer"
+            _restore(path, what, consumer.optimizer.load_state_dict, head_states.get(name))
+        auxiliary = self.auxiliary  # older checkpoints have no auxiliary entries: {}
+        _restore(path, "auxiliary", auxiliary.load_state_dict, state.get("auxiliary", {}))
+        optimizers = state.get("auxiliary_optimizers", {})
+        _restore(path, "auxiliary optimizers", auxiliary.load_optimizer_states, optimizers)
+        _restore(path, "random state", torch.set_rng_state, state["torch_rng"])
+        _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
         return state
 
     # -- the run ------------------------------------------------------------------
@@ -515,7 +654,8 @@ class Trainer:
         """Run (or resume) every phase, then evaluate on the test split."""
         started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self.run_dir / "metrics.jsonl"
+        remove_stale_temporaries(self.run_dir, ATOMIC_RUN_FILES)
+        log_path = self.run_dir / METRICS_NAME
 
         def log(record: dict[str, Any]) -> None:
             with open(log_path, "a") as handle:
@@ -525,15 +665,19 @@ class Trainer:
         steps_done = state["steps_done"] if state else [0] * len(self.phases)
         start_phase = state["phase"] if state else 0
         start_epoch = state["epoch"] if state else 0
-        if state:
-            log({"event": "resume", "phase": self.phases[start_phase].name, "epoch": start_epoch})
+        if state:  # killed after the last epoch: only the evaluation is left to do
+            done = start_phase == len(self.phases)
+            name = "evaluation" if done else self.phases[start_phase].name
+            log({"event": "resume", "phase": name, "epoch": start_epoch})
         val_loader = self._eval_loader(self.data.val)
         for index in range(start_phase, len(self.phases)):
             phase = self.phases[index]
             model, optimizer = self._setup_phase(phase)
             first_epoch = start_epoch if index == start_phase else 0
             if state and index == start_phase and state["producer_optimizer"] and optimizer:
-                optimizer.load_state_dict(state["producer_optimizer"])
+                checkpoint = self.run_dir / CHECKPOINT_NAME
+                saved = state["producer_optimizer"]
+                _restore(checkpoint, "producer optimizer", optimizer.load_state_dict, saved)
             for epoch in range(first_epoch, phase.epochs):
                 epoch_seed = self.config.train.seed * 1_000_003 + index * 1009 + epoch
                 loader = self._loader(self.data.train, dp=phase.dp, epoch_seed=epoch_seed)
@@ -563,6 +707,7 @@ class Trainer:
                         done_epoch,
                         steps_done,
                         optimizer if done_phase == index else None,
+                        log_path.stat().st_size if log_path.exists() else 0,
                     ),
                 )
             if isinstance(model, GradSampleModule):
@@ -588,6 +733,8 @@ class Trainer:
 
     def _validate(self, phase: PhasePlan, loader: DataLoader) -> dict[str, dict[str, float]]:
         """Validation metrics of the phase's local labels (none while teachers train)."""
+        if _size(loader.dataset) == 0:  # data.val_fraction 0: nothing to validate on
+            return {}
         names = [] if phase.kind == "teachers" else phase.labels
         labels = self._labels([n for n in names if n in self.local_consumers])
         if not labels:
