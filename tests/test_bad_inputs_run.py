@@ -432,3 +432,38 @@ def test_report_json_is_strict_with_null_for_non_finite(tmp_path, monkeypatch):
 
     written = json.loads((tmp_path / "report.json").read_text(), parse_constant=refuse)
     assert written == {"reconstruction": {"psnr": None}, "metric": None, "ok": 0.5}
+
+
+def _strict(text: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not strict JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_of_a_run_is_strict_json(run_dir):
+    _strict((run_dir / "run.json").read_text())
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert lines
+    for line in lines:
+        _strict(line)
+
+
+def test_a_diverged_loss_is_logged_as_null_not_nan(tmp_path, monkeypatch):
+    """metrics.jsonl goes through json_safe: NaN in a record becomes null, never NaN."""
+    from metamorphosis.train import loop
+
+    real = loop.json_safe
+    seen = []
+
+    def poisoned(record):
+        if record.get("event") == "epoch" and not seen:
+            seen.append(record)
+            record = {**record, "loss": math.nan}
+        return real(record)
+
+    monkeypatch.setattr(loop, "json_safe", poisoned)
+    out = tmp_path / "run"
+    train_run(config_from_dict(_tiny_raw()), out, progress=False)
+    records = [_strict(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert seen and any(r.get("event") == "epoch" and r["loss"] is None for r in records)

@@ -22,7 +22,7 @@ from .config import PRIVACY_MODES, Config, config_from_dict, config_to_dict
 from .data.transforms import ImageTransform
 from .errors import ConfigError, MetaMorphosisError, RunDirError
 from .models.producer import Producer, build_heads, build_network, build_producer
-from .train.checkpoint import save_safetensors, write_json
+from .train.checkpoint import json_safe, save_safetensors, write_json
 from .train.loop import TrainResult
 
 __all__ = [
@@ -90,21 +90,6 @@ def write_run(
     }
     write_json(run_dir / RUN_JSON, record)
     return record
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every NaN or ±inf float replaced by ``None``, for strict JSON.
-
-    ``null`` in ``run.json`` and ``report.json`` numbers means "not finite / not
-    measured" (e.g. a PSNR of a perfect reconstruction, a metric on an empty class).
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _non_finite(state: Mapping[str, Tensor]) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import metamorphosis.privacy.accounting as accounting
 import metamorphosis.train.checkpoint as checkpoint_module
 import metamorphosis.train.loop as loop
 from metamorphosis.config import config_from_dict
@@ -332,25 +333,28 @@ def test_empty_validation_split_skips_validation(tmp_path: Path):
     assert [e["val"] for e in epochs if e["event"] == "epoch"] == [{}]
 
 
-def test_noise_too_small_for_a_finite_epsilon_is_refused_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-):
-    """PRV says ε = inf for σ = 0.01 (after ~30 s); the accountant is stubbed to say it at once."""
-    monkeypatch.setattr(loop, "epsilon_of_phases", lambda phases, **kwargs: math.inf)
+def test_noise_too_small_for_a_meaningful_epsilon_is_refused_before_training(tmp_path: Path):
+    """σ = 0.01: PRV took ~30 s to say ε = inf (or failed); the RDP pre-check refuses at once."""
     raw = tiny_config_dict("input", {"noise_multiplier": 0.01}, epochs=1)
-    with pytest.raises(PrivacyError, match=r"noise_multiplier=0\.01 gives epsilon=inf") as info:
+    with pytest.raises(PrivacyError, match=r"noise multiplier 0\.01 .* above 100") as info:
         train_run(config_from_dict(raw), tmp_path, progress=False)
     _one_line(info.value)
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_accountant_failure_is_a_privacy_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """PRV raises 'Discrete mean differs significantly...' for σ = 0.01 at some sample rates."""
+def test_accountant_failure_is_a_privacy_error(monkeypatch: pytest.MonkeyPatch):
+    """PRV raises 'Discrete mean differs significantly...' for some small σ and sample rates."""
 
-    def fail(phases, **kwargs):
-        raise RuntimeError("Discrete mean differs significantly from continuous mean.")
+    class FailingPRV:
+        history: list = []
 
-    monkeypatch.setattr(loop, "epsilon_of_phases", fail)
-    raw = tiny_config_dict("input", {"noise_multiplier": 0.01}, epochs=1)
-    with pytest.raises(PrivacyError, match=r"cannot account privacy\.noise_multiplier=0\.01"):
-        train_run(config_from_dict(raw), tmp_path, progress=False)
+        def get_epsilon(self, delta):
+            raise RuntimeError("Discrete mean differs significantly\nfrom continuous mean.")
+
+    real = accounting.create_accountant
+    monkeypatch.setattr(
+        accounting, "create_accountant", lambda name: FailingPRV() if name == "prv" else real(name)
+    )
+    phases = [accounting.DPPhase("joint", 1.0, 0.01, 100)]
+    with pytest.raises(PrivacyError, match=r"accountant 'prv' cannot account .*Discrete mean"):
+        accounting.epsilon_of_phases(phases, delta=1e-6, accountant="prv")

@@ -29,6 +29,7 @@ from ..errors import CheckpointError, RunDirError
 __all__ = [
     "atomic_write",
     "write_json",
+    "json_safe",
     "save_safetensors",
     "save_checkpoint",
     "load_checkpoint",
@@ -100,6 +101,21 @@ def _first_non_finite(data: Any, where: str = "") -> str | None:
         if found is not None:
             return found
     return None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or ±inf float replaced by ``None``, for strict JSON.
+
+    ``null`` in ``run.json`` and ``report.json`` numbers means "not finite / not
+    measured" (e.g. a PSNR of a perfect reconstruction, a metric on an empty class).
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:

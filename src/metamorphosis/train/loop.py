@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from ..config import Config, config_to_dict
 from ..data import DatasetSplits
-from ..errors import CheckpointError, DataError, MetaMorphosisError, PrivacyError
+from ..errors import CheckpointError, ConfigError, DataError, MetaMorphosisError
 from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
 from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
@@ -60,6 +60,7 @@ from .baselines import (
 from .checkpoint import (
     CHECKPOINT_NAME,
     atomic_write,
+    json_safe,
     load_checkpoint,
     remove_stale_temporaries,
     save_checkpoint,
@@ -410,33 +411,13 @@ class Trainer:
         )
 
     def _check_final_epsilon(self) -> None:
-        """Refuse a noise so small that ε is infinite now, not when run.json is written.
+        """Refuse a noise too small to account now, not when run.json is written.
 
-        The planned step counts are those ``fit`` ends with, so the value is
-        cached for the end of the run and costs no extra accountant call.
+        ``epsilon_of_phases`` raises PrivacyError for it. The planned step counts are
+        those ``fit`` ends with, so the value is cached for the end of the run.
         """
         planned = [p.epochs * self.steps_per_epoch if p.dp else 0 for p in self.phases]
-        privacy = self.config.privacy
-        try:
-            with warnings.catch_warnings():  # the accountants' overflow / alpha-range chatter
-                warnings.simplefilter("ignore")
-                epsilon = self._epsilon(planned)
-        except MetaMorphosisError:
-            raise
-        except (RuntimeError, ValueError, OverflowError) as exc:  # PRV fails on tiny noise
-            reason = " ".join(str(exc).split())
-            raise PrivacyError(
-                f"accountant {privacy.accountant!r} cannot account privacy.noise_multiplier="
-                f"{self.noise_multiplier} over {sum(planned)} DP steps ({reason}); raise "
-                "privacy.noise_multiplier or set privacy.target_epsilon"
-            ) from None
-        if epsilon is not None and not math.isfinite(epsilon):
-            raise PrivacyError(
-                f"privacy.noise_multiplier={self.noise_multiplier} gives epsilon={epsilon} "
-                f"over {sum(planned)} DP steps (accountant {privacy.accountant!r}, "
-                f"delta={privacy.delta}): no finite guarantee; raise privacy.noise_multiplier "
-                "or set privacy.target_epsilon"
-            )
+        self._epsilon(planned)
 
     # -- data ---------------------------------------------------------------------
     def _loader(self, dataset: Dataset, *, dp: bool, epoch_seed: int) -> DataLoader:
@@ -580,6 +561,7 @@ class Trainer:
             images = images.to(self.device)
             targets = {k: v.to(self.device) for k, v in targets.items()}
             result = self._step(phase, model, optimizer, images, targets)
+            self._check_finite(result.losses, phase.name, epoch, step)
             term = EXTRA_TERM_NAMES.get(phase.kind)
             extra = {term: result.privacy_term} if term else {}
             for name, value in {**result.losses, **extra}.items():
@@ -600,6 +582,19 @@ class Trainer:
             if not phase.dp and step + 1 >= self.steps_per_epoch:
                 break
         return {k: v / max(seen, 1) for k, v in totals.items()}
+
+    def _check_finite(self, losses: dict[str, float], phase: str, epoch: int, step: int) -> None:
+        """Stop at the first NaN / inf loss: every later step would only spread it into the
+        weights, and the last checkpoint (written before it) stays as it was."""
+        bad = sorted(name for name, value in losses.items() if not math.isfinite(value))
+        if bad:
+            train = self.config.train
+            raise ConfigError(
+                f"training diverged in phase {phase!r}, epoch {epoch}, step {step}: the "
+                f"{', '.join(bad)} loss is not finite; lower train.lr (now {train.lr:g}) or "
+                f"the loss weights (privacy.omega={self.config.privacy.omega:g}, each task's "
+                "weight), then train into a new run dir"
+            )
 
     # -- checkpoints --------------------------------------------------------------
     def _checkpoint_state(
@@ -659,7 +654,8 @@ class Trainer:
 
         def log(record: dict[str, Any]) -> None:
             with open(log_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+                # strict JSON: a diverged loss is logged as null, never as NaN
+                handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
         state = self._resume()
         steps_done = state["steps_done"] if state else [0] * len(self.phases)
