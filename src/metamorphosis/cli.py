@@ -450,7 +450,9 @@ def serve(
     insecure: Annotated[
         bool, typer.Option(help="Allow plaintext HTTP on a non-loopback address.")
     ] = False,
-    max_concurrency: Annotated[int, typer.Option(help="Requests in flight; more get 503.")] = 8,
+    max_concurrency: Annotated[
+        int, typer.Option(help="Requests and open streams in flight; more get 503 (streams: 1013).")
+    ] = 8,
     max_ids: Annotated[int, typer.Option(help="Most items per feature request.")] = 256,
     max_body_bytes: Annotated[
         int, typer.Option(help="Largest request body; larger ones get 413.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import socket
@@ -18,14 +19,21 @@ import httpx
 import pytest
 import torch
 import yaml
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
 from metamorphosis.cli import app
 from metamorphosis.errors import ConfigError
-from metamorphosis.serve.app import WS_INVALID, base_app, create_app
+from metamorphosis.serve.app import (
+    ACCESS_LOG,
+    WS_INTERNAL_ERROR,
+    WS_INVALID,
+    WS_TRY_AGAIN_LATER,
+    base_app,
+    create_app,
+)
 from metamorphosis.serve.client import ConsumerClient
 from metamorphosis.serve.codec import MEDIA_TYPE, encode_tensors
 from metamorphosis.serve.keys import KeyStore
@@ -388,6 +396,118 @@ def test_limits_below_one_are_refused_by_the_app():
         base_app(max_body_bytes=10, max_concurrency=0)
     with pytest.raises(ValueError, match="max_body_bytes=0"):
         base_app(max_body_bytes=0, max_concurrency=1)
+    for seconds in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="body_timeout="):
+            base_app(max_body_bytes=10, max_concurrency=1, body_timeout=seconds)
+
+
+def _upload_app(**limits) -> FastAPI:
+    """``POST /v1/upload?wait=S`` reads the whole body, waits S seconds, says its size."""
+    app_ = base_app(max_body_bytes=1000, **limits)
+
+    @app_.post("/v1/upload")
+    async def upload(request: Request, wait: float = 0.0) -> dict[str, int]:
+        body = await request.body()
+        await asyncio.sleep(wait)
+        return {"bytes": len(body)}
+
+    return app_
+
+
+def _read_until_closed(sock: socket.socket, seconds: float) -> bytes:
+    sock.settimeout(seconds)
+    answer = b""
+    while chunk := sock.recv(4096):
+        answer += chunk
+    return answer
+
+
+def test_a_trickled_body_gets_408_and_frees_its_slot():
+    with _uvicorn(_upload_app(max_concurrency=1, body_timeout=1.0)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            started = time.monotonic()
+            sock.sendall(b"a")
+            busy = httpx.post(f"{url}/v1/upload", content=b"x", timeout=5)
+            assert busy.status_code == 503  # the trickle holds the only slot
+            while time.monotonic() - started < 0.8:  # a byte every 0.2 s: never idle for 1 s
+                time.sleep(0.2)
+                sock.sendall(b"a")
+            answer = _read_until_closed(sock, 3)  # then closed: b"" (a hang: TimeoutError)
+            elapsed = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b"did not arrive within 1 s" in answer
+        assert 0.9 < elapsed < 1.6  # a deadline on the whole body, not an idle timeout
+        slow = httpx.post(f"{url}/v1/upload?wait=1.5", content=b"x" * 10, timeout=10)
+        assert slow.json() == {"bytes": 10}  # the slot is free; a slow answer is not cut
+
+
+def test_a_client_leaving_mid_body_is_logged_without_a_traceback(caplog, monkeypatch):
+    monkeypatch.setattr(logging.getLogger(ACCESS_LOG), "propagate", True)
+    caplog.set_level(logging.INFO, logger=ACCESS_LOG)
+    with _uvicorn(_upload_app(max_concurrency=1)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            time.sleep(0.2)
+        deadline = time.monotonic() + 5
+        while "499" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert httpx.post(f"{url}/v1/upload", content=b"x", timeout=5).status_code == 200
+    access = [r for r in caplog.records if r.name == ACCESS_LOG]
+    assert [json.loads(r.getMessage())["status"] for r in access] == [499, 200], caplog.text
+    assert not any(r.exc_info for r in caplog.records), caplog.text
+
+
+def _stream_until_closed(url: str, headers: dict[str, str]) -> tuple[int, int, str]:
+    """Messages a stream sent, then the code and reason it closed with."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    messages = 0
+    with connect(url, additional_headers=headers) as stream:
+        try:
+            while True:
+                stream.recv(timeout=10)
+                messages += 1
+        except ConnectionClosed as closed:
+            assert closed.rcvd is not None
+            return messages, closed.rcvd.code, closed.rcvd.reason
+
+
+def test_an_open_stream_holds_a_concurrency_slot(served_run):
+    from websockets.sync.client import connect
+
+    app_ = create_app(build_service(served_run, max_ids=16), max_concurrency=1)
+    release = threading.Event()
+
+    @app_.websocket("/v1/held")
+    async def held(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await asyncio.to_thread(release.wait, 10)
+        await websocket.send_text("released")
+        await websocket.close()
+
+    auth = {"Authorization": f"Bearer {key_store(served_run).issue('shape').secret}"}
+    with _uvicorn(app_) as url:
+        ws_url = url.replace("http", "ws")
+        stream_url = f"{ws_url}/v1/tasks/shape/stream?batch_size=4"
+        with connect(f"{ws_url}/v1/held") as first:
+            time.sleep(0.2)  # the handshake is done: its slot is taken
+            busy = _stream_until_closed(stream_url, auth)
+            assert busy == (0, WS_TRY_AGAIN_LATER, "server busy: try again later")
+            items = httpx.get(f"{url}/v1/tasks/shape/items", headers=auth, timeout=5)
+            assert items.status_code == 503
+            assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            release.set()
+            assert first.recv(timeout=10) == "released"
+        for _ in range(50):  # the slot comes back once the first stream's handler returns
+            messages, code, _reason = _stream_until_closed(stream_url, auth)
+            if code != WS_TRY_AGAIN_LATER:
+                break
+            time.sleep(0.05)
+        assert code == 1000 and messages >= 1
 
 
 def test_a_chunked_gradient_over_the_limit_gets_413(tmp_path):
@@ -487,3 +607,34 @@ def test_one_request_writes_one_access_log_line(server):
     time.sleep(0.3)
     lines = [x for x in server.log().splitlines() if marker in x]
     assert len(lines) == 1 and json.loads(lines[0])["status"] == 404, lines
+
+
+def test_a_corrupt_image_in_the_folder_is_a_clear_500(served_run, tmp_path, caplog, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (10, 20, 30)).save(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    (folder / "cut.png").write_bytes((folder / "good.png").read_bytes()[:60])  # truncated
+    monkeypatch.setattr(logging.getLogger(ACCESS_LOG), "propagate", True)
+    caplog.set_level(logging.ERROR, logger=ACCESS_LOG)
+    client = TestClient(create_app(build_service(served_run, source=str(folder))))
+    auth = {"Authorization": f"Bearer {key_store(served_run).issue('shape').secret}"}
+    path = "/v1/tasks/shape/features"
+    assert client.get(path, params={"id": "good.png"}, headers=auth).status_code == 200
+    for item in ("bad.png", "cut.png"):
+        caplog.clear()
+        answer = client.get(path, params={"id": ["good.png", item]}, headers=auth)
+        detail = f"cannot read item {item!r}"
+        assert answer.status_code == 500
+        assert answer.json() == {"error": "unreadable item", "detail": detail}
+        assert str(tmp_path) not in answer.text  # the item id, not the server's path
+        [line] = [r for r in caplog.records if r.name == ACCESS_LOG]  # one, for the operator
+        assert detail in line.getMessage() and str(folder / item) in line.getMessage()
+        assert not any(r.exc_info for r in caplog.records), caplog.text  # no traceback
+    with (
+        client.websocket_connect("/v1/tasks/shape/stream?batch_size=1", headers=auth) as ws,
+        pytest.raises(WebSocketDisconnect) as closed,
+    ):
+        ws.receive_bytes()  # bad.png comes first (ids are sorted)
+    assert closed.value.code == WS_INTERNAL_ERROR
+    assert closed.value.reason == "cannot read item 'bad.png'"

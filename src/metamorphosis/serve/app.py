@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,15 +20,18 @@ from fastapi import FastAPI, Header, Query, Request, WebSocket
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.requests import ClientDisconnect
 
 from ..data import UnknownItemError
 from ..errors import MetaMorphosisError
 from ..train.remote import StaleStep
 from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, CodecError
 from .keys import AuthError, KeyFileError
-from .service import Forbidden, ProducerService, RequestError
+from .service import Forbidden, ProducerService, RequestError, UnreadableItem
 
 __all__ = [
+    "BODY_TIMEOUT",
+    "BodyTimeout",
     "BodyTooLarge",
     "base_app",
     "create_app",
@@ -35,11 +39,17 @@ __all__ = [
     "WS_UNAUTHORIZED",
     "WS_FORBIDDEN",
     "WS_INVALID",
+    "WS_INTERNAL_ERROR",
+    "WS_TRY_AGAIN_LATER",
 ]
 
 ACCESS_LOG = "metamorphosis.access"
 #: WebSocket close codes of the stream (4000-4999 is the application range).
 WS_UNAUTHORIZED, WS_FORBIDDEN, WS_INVALID = 4401, 4403, 4422
+#: The standard codes (RFC 6455 / IANA) for an unreadable item and for every slot taken.
+WS_INTERNAL_ERROR, WS_TRY_AGAIN_LATER = 1011, 1013
+#: Seconds a request's whole body has, from its headers, to arrive.
+BODY_TIMEOUT = 30.0
 _log = logging.getLogger(ACCESS_LOG)
 #: Answered without a concurrency slot: a busy server is still alive and ready.
 _HEALTH_ROUTES = ("/healthz", "/readyz")
@@ -49,10 +59,28 @@ class BodyTooLarge(MetaMorphosisError):
     """A request body grew past the limit while it streamed in (413)."""
 
 
+class BodyTimeout(MetaMorphosisError):
+    """A request body was still arriving when its deadline passed (408)."""
+
+
+def _unreadable(exc: UnreadableItem) -> str:
+    """Log why an item cannot be read (the operator's data); return what the consumer is told."""
+    _log.error("cannot read item %r: %s", exc.item_id, exc.cause)  # one line, no traceback
+    return str(exc)  # names the item id, never the server's path
+
+
 def _error_response(exc: Exception) -> JSONResponse | None:
     """The one mapping from service errors to HTTP answers (None: not ours)."""
     if isinstance(exc, BodyTooLarge):
         return JSONResponse({"error": "body too large"}, status_code=413)
+    if isinstance(exc, BodyTimeout):  # the rest of the body may still come: not this connection
+        detail = {"error": "request timeout", "detail": str(exc)}
+        return JSONResponse(detail, status_code=408, headers={"Connection": "close"})
+    if isinstance(exc, ClientDisconnect):  # nobody to answer: 499 (nginx's) for the access log
+        return JSONResponse({"error": "client closed request"}, status_code=499)
+    if isinstance(exc, UnreadableItem):  # the producer's data, not the request: a 5xx
+        detail = {"error": "unreadable item", "detail": _unreadable(exc)}
+        return JSONResponse(detail, status_code=500)
     if isinstance(exc, AuthError):  # one answer for every reason: nothing to probe
         return JSONResponse(
             {"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
@@ -94,34 +122,97 @@ class _Metrics:
         )
 
 
-class _BodyLimit:
-    """Counts request body bytes as they stream in, whatever Content-Length says.
+class _BodyGuard:
+    """Bounds every request body in size and in time as it streams in.
 
-    A chunked body carries no Content-Length, so the header check alone let any
-    size through to ``request.body()``; past ``max_bytes`` the next read raises
-    :class:`BodyTooLarge`, which the app answers with 413.
+    Size: a chunked body carries no Content-Length, so the header check alone let
+    any size through to ``request.body()``; past ``max_bytes`` the next read
+    raises :class:`BodyTooLarge`, answered 413.
+
+    Time: the whole body must arrive within ``timeout`` seconds of the headers
+    (uvicorn calls the app as soon as they are parsed), else the read raises
+    :class:`BodyTimeout`, answered 408 with ``Connection: close``. A deadline on
+    the whole body, not an idle timeout between chunks: one byte every few
+    seconds would reset an idle timer forever, and the total is what bounds how
+    long a slow upload holds a concurrency slot. Here in the app rather than in
+    the h11 protocol, so that the 408 takes the normal path (error mapping,
+    access log, metrics, the slot released) instead of being written behind the
+    app's back.
     """
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seen = 0
+        body = _Body(receive, self.max_bytes, self.timeout)
+        await self.app(scope, body.receive, send)
 
-        async def counted() -> Any:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(f"request body over {self.max_bytes} bytes")
-            return message
 
-        await self.app(scope, counted, send)
+class _Body:
+    """One request's body reads: counted against the size limit, due before the deadline."""
+
+    def __init__(self, receive: Any, max_bytes: int, timeout: float) -> None:
+        self._receive = receive
+        self._max_bytes = max_bytes
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+        self._seen = 0
+        self._complete = False
+
+    async def receive(self) -> Any:
+        if self._complete:  # later reads wait for a disconnect while the answer goes out
+            return await self._receive()
+        message = await self._next()
+        self._complete = not message.get("more_body", False)  # http.disconnect has none
+        self._seen += len(message.get("body", b""))
+        if self._seen > self._max_bytes:
+            raise BodyTooLarge(f"request body over {self._max_bytes} bytes")
+        return message
+
+    async def _next(self) -> Any:
+        left = max(self._deadline - time.monotonic(), 0.0)
+        try:
+            return await asyncio.wait_for(self._receive(), left)
+        except asyncio.TimeoutError:
+            raise BodyTimeout(
+                f"the request body did not arrive within {self._timeout:g} s"
+            ) from None
+
+
+class _StreamSlots:
+    """An open WebSocket holds a concurrency slot for as long as it lasts, as a request does.
+
+    Streams used to take none, so any number of them ran beside ``max_concurrency``
+    requests. With every slot taken the handshake is accepted and closed at once
+    with 1013 (try again later): refusing the handshake itself reaches the client
+    as an HTTP 403, which reads as a key problem.
+    """
+
+    def __init__(self, app: Any, slots: asyncio.Semaphore) -> None:
+        self.app = app
+        self.slots = slots
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+        elif self.slots.locked():
+            await _close_busy(scope, receive, send)
+        else:
+            async with self.slots:
+                await self.app(scope, receive, send)
+
+
+async def _close_busy(scope: Any, receive: Any, send: Any) -> None:
+    await receive()  # websocket.connect: the ASGI handshake comes before the accept
+    await send({"type": "websocket.accept"})
+    reason = "server busy: try again later"
+    await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER, "reason": reason})
+    _log.info(json.dumps({"path": scope["path"], "close": WS_TRY_AGAIN_LATER}))
 
 
 def _declared_too_large(request: Request, max_bytes: int) -> bool:
@@ -129,22 +220,30 @@ def _declared_too_large(request: Request, max_bytes: int) -> bool:
     return length is not None and (not length.isdigit() or int(length) > max_bytes)
 
 
-def base_app(*, max_body_bytes: int, max_concurrency: int) -> FastAPI:
+def base_app(
+    *, max_body_bytes: int, max_concurrency: int, body_timeout: float = BODY_TIMEOUT
+) -> FastAPI:
     """An app with the limits, access log, metrics, error mapping and health routes.
 
+    ``max_concurrency`` bounds requests and open WebSocket streams together;
+    ``body_timeout`` is the seconds a request's whole body has to arrive.
     ``app.state.metrics`` holds the metrics (its ``registry`` is what the
     metrics port serves).
 
     Raises:
-        ValueError: a limit below 1 (0 would answer every request 503 or 413).
+        ValueError: a limit below 1 (0 would answer every request 503 or 413),
+            a ``body_timeout`` that is not a finite number > 0.
     """
     if max_body_bytes < 1 or max_concurrency < 1:
         raise ValueError(f"{max_body_bytes=} and {max_concurrency=} must be >= 1")
+    if not (math.isfinite(body_timeout) and body_timeout > 0):
+        raise ValueError(f"{body_timeout=} must be a finite number of seconds > 0")
     app = FastAPI(title="metamorphosis producer", version="1")
     metrics = _Metrics()
     app.state.metrics = metrics
     slots = asyncio.Semaphore(max_concurrency)
-    app.add_middleware(_BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(_BodyGuard, max_bytes=max_body_bytes, timeout=body_timeout)
+    app.add_middleware(_StreamSlots, slots=slots)
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
@@ -181,6 +280,9 @@ def base_app(*, max_body_bytes: int, max_concurrency: int) -> FastAPI:
         CodecError,
         KeyFileError,
         BodyTooLarge,
+        BodyTimeout,
+        ClientDisconnect,
+        UnreadableItem,
         StaleStep,
     ):
         app.add_exception_handler(error, _errors)
@@ -197,10 +299,16 @@ def base_app(*, max_body_bytes: int, max_concurrency: int) -> FastAPI:
 
 
 def create_app(
-    service: ProducerService, *, max_body_bytes: int = 64 * 2**20, max_concurrency: int = 8
+    service: ProducerService,
+    *,
+    max_body_bytes: int = 64 * 2**20,
+    max_concurrency: int = 8,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     """The ASGI app serving ``service``'s features (CONTRACT: producer service)."""
-    app = base_app(max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+    app = base_app(
+        max_body_bytes=max_body_bytes, max_concurrency=max_concurrency, body_timeout=body_timeout
+    )
     metrics = app.state.metrics
 
     @app.get("/v1/tasks/{task}/schema")
@@ -278,6 +386,10 @@ def create_app(
             except (RequestError, CodecError) as exc:
                 await websocket.close(code=WS_INVALID, reason=_close_reason(exc))
                 return
+            except UnreadableItem as exc:
+                reason = _close_reason(_unreadable(exc))
+                await websocket.close(code=WS_INTERNAL_ERROR, reason=reason)
+                return
             metrics.feature_bytes.labels(task).inc(len(body))
             await websocket.send_bytes(body)
         await websocket.close()
@@ -297,7 +409,7 @@ def _wanted_ids(ids: str | None, item_ids: list[str] | None) -> list[str]:
     return [i for i in (ids or "").split(",") if i]
 
 
-def _close_reason(exc: Exception) -> str:
+def _close_reason(exc: Exception | str) -> str:
     # A close frame's reason holds at most 123 bytes of UTF-8.
     return str(exc).encode()[:123].decode(errors="ignore")
 

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..data import ImageTransform, UnknownItemError
+from ..data.base import decode_image
 from ..errors import DataError, MetaMorphosisError
 from ..models.producer import Producer
 from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, encode_tensors
@@ -36,6 +36,7 @@ __all__ = [
     "Forbidden",
     "ProducerService",
     "RequestError",
+    "UnreadableItem",
     "VideoSource",
     "authorize",
     "IMAGE_SUFFIXES",
@@ -53,13 +54,32 @@ class RequestError(MetaMorphosisError):
     """A well-authorised request with bad parameters (ids, limits, encodings)."""
 
 
+class UnreadableItem(DataError):
+    """An item the producer holds but cannot decode (a corrupt or truncated image).
+
+    The producer's data is at fault, not the request, so it is answered 500. The
+    message names only the item id (it reaches the consumer); :attr:`cause`, with
+    the file's path, is for the server's log.
+    """
+
+    def __init__(self, item_id: str, cause: str) -> None:
+        super().__init__(f"cannot read item {item_id!r}")
+        self.item_id = item_id
+        self.cause = cause
+
+
 class FeatureSource(Protocol):
     """The producer's own inputs, addressed by stable string ids."""
 
     def ids(self) -> list[str]: ...
 
     def images(self, ids: Sequence[str]) -> Tensor:
-        """Preprocessed N×C×H×W images; :class:`UnknownItemError` for an unknown id."""
+        """Preprocessed N×C×H×W images.
+
+        Raises:
+            UnknownItemError: an id the source does not hold.
+            UnreadableItem: an item whose image cannot be decoded.
+        """
         ...
 
 
@@ -73,7 +93,15 @@ class DatasetSource:
         return list(self.dataset.item_ids)
 
     def images(self, ids: Sequence[str]) -> Tensor:
-        return torch.stack([self.dataset.get_item_by_id(i)[0] for i in ids])
+        return torch.stack([self._load(i) for i in ids])
+
+    def _load(self, item_id: str) -> Tensor:
+        try:
+            return self.dataset.get_item_by_id(item_id)[0]
+        except UnknownItemError:
+            raise
+        except DataError as exc:  # the split's image file is corrupt or gone
+            raise UnreadableItem(item_id, str(exc)) from exc
 
 
 class FolderSource:
@@ -101,11 +129,10 @@ class FolderSource:
         path = self._paths.get(item_id)
         if path is None:
             raise UnknownItemError(f"no item {item_id!r} in the served folder")  # no path leak
-        try:
-            with Image.open(path) as image:
-                return self._preprocess(image)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"cannot read image {path}: {exc}") from exc
+        try:  # decode_image: every decoding failure (bombs, truncation) as one DataError
+            return decode_image(path, self._preprocess)
+        except DataError as exc:
+            raise UnreadableItem(item_id, str(exc)) from exc
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")

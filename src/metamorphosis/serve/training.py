@@ -25,7 +25,7 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 
 from ..train.remote import StaleStep, TrainingHub
-from .app import base_app
+from .app import BODY_TIMEOUT, base_app
 from .codec import MEDIA_TYPE, CodecError, check_gradient, decode_tensors, encode_tensors
 from .keys import KeyStore
 from .listen import HEADER_TIMEOUT, check_tls, listen_socket, uvicorn_server
@@ -37,10 +37,18 @@ STATE_HEADER = "X-Training-State"  # also spelled out in .client, which must not
 
 
 def create_training_app(
-    hub: TrainingHub, keys: KeyStore, *, max_body_bytes: int = 64 * 2**20
+    hub: TrainingHub,
+    keys: KeyStore,
+    *,
+    max_body_bytes: int = 64 * 2**20,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> FastAPI:
     """The routes remote consumers train through (one per public task in ``hub.tasks``)."""
-    app = base_app(max_body_bytes=max_body_bytes, max_concurrency=4 * len(hub.tasks) + 4)
+    app = base_app(
+        max_body_bytes=max_body_bytes,
+        max_concurrency=4 * len(hub.tasks) + 4,
+        body_timeout=body_timeout,
+    )
 
     def check(request: Request, authorization: str | None, task: str) -> None:
         request.state.key_id = authorize(keys, hub.tasks, authorization, task).key_id
@@ -114,6 +122,7 @@ class TrainingServer:
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
         header_timeout: float = HEADER_TIMEOUT,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         check_tls(ssl_certfile, ssl_keyfile)
         self._socket = listen_socket(host, port)
@@ -121,7 +130,9 @@ class TrainingServer:
         where = f"[{host}]" if ":" in host else host  # an IPv6 address
         self.url = f"{'https' if ssl_certfile else 'http'}://{where}:{port}"
         self._server = uvicorn_server(
-            create_training_app(hub, keys, max_body_bytes=max_body_bytes),
+            create_training_app(
+                hub, keys, max_body_bytes=max_body_bytes, body_timeout=body_timeout
+            ),
             host=host,
             port=port,
             ssl_certfile=ssl_certfile,
