@@ -16,7 +16,6 @@ from .errors import (
     PrivacyError,
     RunDirError,
 )
-from .experiment import train_run
 from .models.producer import Producer
 from .rundir import load_heads, load_producer
 
@@ -41,9 +40,14 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # The audit pulls in matplotlib and scikit-learn; load it only when asked for.
+    # Load heavy parts only when asked for: the audit pulls in matplotlib and scikit-learn,
+    # the trainer Opacus; load_producer (a consumer of a run dir) needs neither.
     if name == "run_audit":
         from .audit.run import run_audit
 
         return run_audit
+    if name == "train_run":
+        from .experiment import train_run
+
+        return train_run
     raise AttributeError(f"module 'metamorphosis' has no attribute {name!r}")

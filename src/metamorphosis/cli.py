@@ -1,7 +1,8 @@
 """The ``metamorphosis`` command line (CONTRACT: CLI in DESIGN.md).
 
-Every user error (config, data, run dir) ends in one line on stderr and exit
-code 2; ``--debug`` shows the traceback instead.
+Every user error (config, data, run dir, a flag) ends in one line on stderr and
+exit code 2; ``--debug`` shows the traceback instead. Commands just raise
+:class:`MetaMorphosisError`: :class:`_OneLineErrors` turns it into that line.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click"
 _NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
 
 
-class _OneLineUsageErrors(TyperGroup):
-    """Usage errors (``--port abc``, an unknown flag) as one ``error: …`` line, exit 2.
+class _OneLineErrors(TyperGroup):
+    """Every bad input as one ``error: …`` line and exit code 2, in this one place.
 
-    Click would print a usage box of several lines; our contract is one line for
-    every bad input, whether our code or click's parser finds it.
+    Our own errors (any :class:`MetaMorphosisError` a command raises: config, data,
+    run dir, flags) and the parser's (``--port abc``, an unknown flag), for which
+    click would print a usage box of several lines. ``--debug`` shows the traceback.
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
@@ -37,6 +39,8 @@ class _OneLineUsageErrors(TyperGroup):
             return super().main(args, prog_name, complete_var, False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, False, **extra)
+        except MetaMorphosisError as exc:
+            sys.exit(_user_error(exc))
         except _NoArgsIsHelp as exc:  # bare `metamorphosis`: the help
             exc.show()
             sys.exit(exc.exit_code)
@@ -50,6 +54,14 @@ class _OneLineUsageErrors(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def _user_error(exc: MetaMorphosisError) -> int:
+    if _state["debug"]:
+        traceback.print_exception(exc)
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    return 2
+
+
 def _usage_error(exc: Any) -> int:
     ctx = getattr(exc, "ctx", None)
     where = f"{ctx.command_path}: " if ctx is not None else ""
@@ -60,7 +72,7 @@ def _usage_error(exc: Any) -> int:
 
 
 app = typer.Typer(
-    cls=_OneLineUsageErrors,
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
     help="Privacy-cognizant, task-specific features (MetaMorphosis, IoTDI 2023).",
@@ -73,14 +85,6 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
 ) -> None:
     _state["debug"] = debug
-
-
-def _fail(exc: BaseException) -> None:
-    if _state["debug"]:
-        traceback.print_exception(exc)
-    else:
-        typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(2)
 
 
 def _check_out(out: Path) -> None:
@@ -154,32 +158,27 @@ def demo(
     from .audit.run import AUDIT_DIR, run_audit
     from .experiment import demo_config, train_run
 
-    try:
-        _check_out(out)
-        config = demo_config(set_ or [])
-        budget = (
-            f", target epsilon {config.privacy.target_epsilon}" if config.privacy.uses_dp else ""
+    _check_out(out)
+    config = demo_config(set_ or [])
+    budget = f", target epsilon {config.privacy.target_epsilon}" if config.privacy.uses_dp else ""
+    typer.echo(
+        f"demo: {len(config.tasks)} public tasks, {len(config.private_attributes)} "
+        f"private attribute(s), mode {config.privacy.mode}{budget}"
+    )
+    record = train_run(config, out, progress=not quiet)
+    typer.echo(summary_table(record))
+    if audit:
+        report = run_audit(
+            out,
+            budget="quick",
+            device=config.train.device,
+            seed=config.train.seed,
+            progress=not quiet,
+            log=lambda line: typer.echo(line, err=True) if not quiet else None,
         )
-        typer.echo(
-            f"demo: {len(config.tasks)} public tasks, {len(config.private_attributes)} "
-            f"private attribute(s), mode {config.privacy.mode}{budget}"
-        )
-        record = train_run(config, out, progress=not quiet)
-        typer.echo(summary_table(record))
-        if audit:
-            report = run_audit(
-                out,
-                budget="quick",
-                device=config.train.device,
-                seed=config.train.seed,
-                progress=not quiet,
-                log=lambda line: typer.echo(line, err=True) if not quiet else None,
-            )
-            typer.echo("audit findings (quick attack budget):")
-            typer.echo(audit_summary(report))
-            typer.echo(f"report: {out / AUDIT_DIR / 'report.md'} (and report.html)")
-    except MetaMorphosisError as exc:
-        _fail(exc)
+        typer.echo("audit findings (quick attack budget):")
+        typer.echo(audit_summary(report))
+        typer.echo(f"report: {out / AUDIT_DIR / 'report.md'} (and report.html)")
     typer.echo(f"run dir: {out}")
 
 
@@ -215,16 +214,13 @@ def train(
     from .config import load_config
     from .experiment import train_run
 
-    try:
-        config = load_config(config_path, set_ or [])
-        _check_out(out)
-        if remote:
-            listen = _Listen(host, port, step_timeout, ssl_certfile, ssl_keyfile, insecure)
-            record = _train_remote(config, out, data_root, not quiet, listen)
-        else:
-            record = train_run(config, out, data_root=data_root, progress=not quiet)
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    config = load_config(config_path, set_ or [])
+    _check_out(out)
+    if remote:
+        listen = _Listen(host, port, step_timeout, ssl_certfile, ssl_keyfile, insecure)
+        record = _train_remote(config, out, data_root, not quiet, listen)
+    else:
+        record = train_run(config, out, data_root=data_root, progress=not quiet)
     typer.echo(summary_table(record))
     typer.echo(f"run dir: {out}")
 
@@ -257,23 +253,20 @@ def add_task(
     from .experiment import add_task as add_task_to_run
 
     try:
-        try:
-            spec = LabelSpec(name=task, column=column or task, kind=kind)
-        except MetaMorphosisError as exc:  # LabelSpec names its fields, not the flags
-            raise MetaMorphosisError(f"--task {task!r} --kind {kind!r}: {exc}") from None
-        if out is not None and out.resolve() != run_dir.resolve():
-            _check_out(out)
-        record = add_task_to_run(
-            run_dir,
-            spec,
-            epochs=epochs,
-            omega=omega,
-            out=out,
-            data_root=data_root,
-            progress=not quiet,
-        )
-    except MetaMorphosisError as exc:
-        _fail(exc)
+        spec = LabelSpec(name=task, column=column or task, kind=kind)
+    except MetaMorphosisError as exc:  # LabelSpec names its fields, not the flags
+        raise MetaMorphosisError(f"--task {task!r} --kind {kind!r}: {exc}") from None
+    if out is not None and out.resolve() != run_dir.resolve():
+        _check_out(out)
+    record = add_task_to_run(
+        run_dir,
+        spec,
+        epochs=epochs,
+        omega=omega,
+        out=out,
+        data_root=data_root,
+        progress=not quiet,
+    )
     added = record["added_tasks"][-1]
     typer.echo(summary_table(record))
     eps = (
@@ -398,20 +391,17 @@ def audit(
     """Attack a trained producer and write RUN_DIR/audit/ (report.md, .json, .html, PNGs)."""
     from .audit.run import AUDIT_DIR, run_audit
 
-    try:
-        report = run_audit(
-            run_dir,
-            data_root=data_root,
-            budget="quick" if quick else "full",
-            device=device,
-            seed=seed,
-            sweeps=sweep or [],
-            sweep_values=_parse_sweep_values(values or []),
-            progress=not quiet,
-            log=lambda line: typer.echo(line, err=True) if not quiet else None,
-        )
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    report = run_audit(
+        run_dir,
+        data_root=data_root,
+        budget="quick" if quick else "full",
+        device=device,
+        seed=seed,
+        sweeps=sweep or [],
+        sweep_values=_parse_sweep_values(values or []),
+        progress=not quiet,
+        log=lambda line: typer.echo(line, err=True) if not quiet else None,
+    )
     typer.echo(audit_summary(report))
     typer.echo(f"report: {run_dir / AUDIT_DIR / 'report.md'} (and report.html, report.json)")
 
@@ -459,31 +449,26 @@ def serve(
     ] = 64 * 2**20,
 ) -> None:
     """Publish each task's features of the producer's inputs to that task's key holders."""
-    try:
-        _require_serve_extra()
-        from .serve.app import create_app
-        from .serve.server import (
-            build_service,
-            check_limits,
-            check_listen,
-            open_listener,
-            serve_forever,
-        )
+    _require_serve_extra()
+    from .serve.app import create_app
+    from .serve.server import (
+        build_service,
+        check_limits,
+        check_listen,
+        open_listener,
+        serve_forever,
+    )
 
-        check_limits(
-            max_concurrency=max_concurrency, max_ids=max_ids, max_body_bytes=max_body_bytes
-        )
-        if data_root is not None and not data_root.is_dir():
-            raise MetaMorphosisError(f"--data-root {data_root} is not a folder")
-        tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
-        check_listen(host, port, **tls, insecure=insecure, metrics_port=metrics_port)
-        service = build_service(run_dir, source=source, data_root=data_root, max_ids=max_ids)
-        app_ = create_app(service, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
-        # Bound before announcing: a port in use is an error here, not after "serving".
-        registry = app_.state.metrics.registry
-        sock = open_listener(host, port, metrics_port=metrics_port, metrics_registry=registry)
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    check_limits(max_concurrency=max_concurrency, max_ids=max_ids, max_body_bytes=max_body_bytes)
+    if data_root is not None and not data_root.is_dir():
+        raise MetaMorphosisError(f"--data-root {data_root} is not a folder")
+    tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    check_listen(host, port, **tls, insecure=insecure, metrics_port=metrics_port)
+    service = build_service(run_dir, source=source, data_root=data_root, max_ids=max_ids)
+    app_ = create_app(service, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+    # Bound before announcing: a port in use is an error here, not after "serving".
+    registry = app_.state.metrics.registry
+    sock = open_listener(host, port, metrics_port=metrics_port, metrics_registry=registry)
     scheme = "https" if ssl_certfile else "http"
     where = f"[{host}]" if ":" in host else host
     url = f"{scheme}://{where}:{sock.getsockname()[1]}"
@@ -502,20 +487,17 @@ def keys_issue(
     ttl: Annotated[float | None, typer.Option(help="Seconds until the key expires.")] = None,
 ) -> None:
     """Issue a key for one task; the secret is printed once and stored only hashed."""
-    try:
-        _require_serve_extra()
-        from .serve.keys import MAX_TTL
-        from .serve.listen import check_seconds
-        from .serve.server import key_store
+    _require_serve_extra()
+    from .serve.keys import MAX_TTL
+    from .serve.listen import check_seconds
+    from .serve.server import key_store
 
-        if ttl is not None:  # leave it out for a key that lasts until revoked
-            check_seconds(ttl, "--ttl", maximum=MAX_TTL)
-        tasks = read_tasks(run_dir)
-        if task not in tasks:
-            raise MetaMorphosisError(f"task {task!r} is not a public task of this run: {tasks}")
-        issued = key_store(run_dir).issue(task, ttl=ttl)
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    if ttl is not None:  # leave it out for a key that lasts until revoked
+        check_seconds(ttl, "--ttl", maximum=MAX_TTL)
+    tasks = read_tasks(run_dir)
+    if task not in tasks:
+        raise MetaMorphosisError(f"task {task!r} is not a public task of this run: {tasks}")
+    issued = key_store(run_dir).issue(task, ttl=ttl)
     typer.echo(f"key id: {issued.record.key_id}  task: {task}", err=True)
     typer.echo("secret (shown once, store it now):", err=True)
     typer.echo(issued.secret)
@@ -526,13 +508,10 @@ def keys_list(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> No
     """Key ids, tasks, expiry and status (never secrets)."""
     import time as _time
 
-    try:
-        _require_serve_extra()
-        from .serve.server import key_store
+    _require_serve_extra()
+    from .serve.server import key_store
 
-        records = key_store(run_dir).list()
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    records = key_store(run_dir).list()
     now = _time.time()
     typer.echo(f"{'key id':<14}{'task':<16}{'status':<10}expires")
     for record in records:
@@ -546,13 +525,10 @@ def keys_revoke(
     key_id: Annotated[str, typer.Argument(metavar="KEY_ID")],
 ) -> None:
     """Revoke a key; a running server refuses it from its next request on."""
-    try:
-        _require_serve_extra()
-        from .serve.server import key_store
+    _require_serve_extra()
+    from .serve.server import key_store
 
-        key_store(run_dir).revoke(key_id)
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    key_store(run_dir).revoke(key_id)
     typer.echo(f"revoked {key_id}")
 
 
@@ -624,18 +600,15 @@ def consume(
     ] = 120.0,
 ) -> None:
     """Fetch the first LIMIT items' features of TASK into a safetensors file (or --train)."""
-    try:
-        _require_serve_extra()
-        _check_consume(url, task, key, wait, cafile)
-        if train_config is not None:
-            steps = _consume_training(url, task, key, train_config, data_root, cafile or True, wait)
-        elif out is None:
-            raise MetaMorphosisError("give --out FILE to fetch features or --train CONFIG to train")
-        else:
-            _check_fetch(limit, encoding, out)
-            count, shape = _fetch_features(url, task, key, out, limit, encoding, cafile)
-    except MetaMorphosisError as exc:
-        _fail(exc)
+    _require_serve_extra()
+    _check_consume(url, task, key, wait, cafile)
+    if train_config is not None:
+        steps = _consume_training(url, task, key, train_config, data_root, cafile or True, wait)
+    elif out is None:
+        raise MetaMorphosisError("give --out FILE to fetch features or --train CONFIG to train")
+    else:
+        _check_fetch(limit, encoding, out)
+        count, shape = _fetch_features(url, task, key, out, limit, encoding, cafile)
     if train_config is not None:
         typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
     else:

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,9 +21,11 @@ from torch import Tensor, nn
 from .config import PRIVACY_MODES, Config, config_from_dict, config_to_dict
 from .data.transforms import ImageTransform
 from .errors import ConfigError, MetaMorphosisError, RunDirError
+from .io import json_safe, save_safetensors, write_json
 from .models.producer import Producer, build_heads, build_network, build_producer
-from .train.checkpoint import json_safe, save_safetensors, write_json
-from .train.loop import TrainResult
+
+if TYPE_CHECKING:  # loading a run must not import the trainer (and with it Opacus)
+    from .train.loop import TrainResult
 
 __all__ = [
     "RUN_FORMAT_VERSION",

@@ -30,13 +30,8 @@ from metamorphosis.errors import (
     RunDirError,
 )
 from metamorphosis.experiment import train_run
-from metamorphosis.train.checkpoint import (
-    atomic_write,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-    write_json,
-)
+from metamorphosis.io import atomic_write, remove_stale_temporaries, write_json
+from metamorphosis.train.checkpoint import load_checkpoint, save_checkpoint
 from metamorphosis.train.loop import Trainer
 from tiny import tiny_config_dict
 

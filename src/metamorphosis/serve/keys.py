@@ -9,7 +9,7 @@ The producer service and the ``metamorphosis keys`` CLI are different processes
 sharing that file, so :class:`KeyStore` re-reads it whenever its identity
 (inode, ``mtime_ns``, size) changed: a key revoked from the CLI stops working on
 the next request, without restarting the server. Writes go through
-:func:`~metamorphosis.train.checkpoint.atomic_write`, so a reader never sees a
+:func:`~metamorphosis.io.atomic_write`, so a reader never sees a
 half-written file. Two *writers* running at the same instant could still lose
 one update (there is no cross-process lock); writers are human-paced CLI calls.
 
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from metamorphosis.errors import MetaMorphosisError, RunDirError
-from metamorphosis.train.checkpoint import atomic_write
+from ..errors import MetaMorphosisError, RunDirError
+from ..io import atomic_write
 
 __all__ = [
     "AUTH_REASONS",

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from ..config import Config, config_to_dict
 from ..data import DatasetSplits
 from ..errors import CheckpointError, ConfigError, DataError, MetaMorphosisError
+from ..io import atomic_write, json_safe, remove_stale_temporaries
 from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
 from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
@@ -57,14 +58,7 @@ from .baselines import (
     distill_step,
     teachers_step,
 )
-from .checkpoint import (
-    CHECKPOINT_NAME,
-    atomic_write,
-    json_safe,
-    load_checkpoint,
-    remove_stale_temporaries,
-    save_checkpoint,
-)
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
 from .remote import RemoteConsumer, TrainingHub, check_remote_method
 from .split import Consumer, ConsumerLike, StepResult, producer_step
