@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from metamorphosis.audit.attribute import attribute_inference, linear_probe, majority_rate
+from metamorphosis.audit.attribute import (
+    attribute_inference,
+    label_floor,
+    linear_probe,
+    majority_rate,
+)
 from metamorphosis.audit.budget import AttackBudget
 from metamorphosis.audit.features import FeatureSet, extract_features
 from metamorphosis.audit.swap import kept_head_swap, retrained_swap
@@ -156,3 +161,16 @@ def test_kept_head_swap_reproduces_the_swap_matrix_of_training(tiny_run):
     for source, row in record["swap_matrix"].items():
         for label, value in row.items():
             assert kept.matrix[source][label] == pytest.approx(value, abs=1e-6)
+
+
+def test_label_floor_is_the_best_guess_from_the_public_labels():
+    public = torch.tensor([0, 0, 0, 1, 1, 1])
+    private = torch.tensor([0, 0, 1, 1, 1, 0])
+    assert label_floor(public, private) == pytest.approx(4 / 6)  # 2 of 3 in each cell
+    assert label_floor(public, public) == 1.0  # the task itself: no floor to hide under
+    assert label_floor(torch.zeros(6), private) == pytest.approx(3 / 6)  # one cell: majority
+
+
+def test_label_floor_is_undefined_for_dense_labels():
+    assert label_floor(torch.zeros(4, 8, 8), torch.zeros(4)) is None
+    assert label_floor(torch.zeros(4), torch.zeros(4, 8, 8)) is None

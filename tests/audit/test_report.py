@@ -36,6 +36,17 @@ def test_report_json_holds_every_measurement(tiny_audit):
     assert len(tiny_audit["findings"]) >= 4  # two attribute rows and two reconstructions
 
 
+def test_every_public_source_row_carries_its_label_floor(tiny_run, tiny_audit):
+    rows = tiny_audit["attribute_inference"]
+    assert rows
+    for row in rows:
+        if row["source"] == "encoder":
+            assert row["label_floor"] is None
+        else:  # at least the majority rate: one cell per public label can only help
+            assert row["majority"] - 1e-9 <= row["label_floor"] <= 1.0
+    assert "label floor" in (tiny_run / "audit" / "report.md").read_text()
+
+
 def test_html_is_self_contained_and_matches_the_markdown(tiny_run, tiny_audit):
     html = (tiny_run / "audit" / "report.html").read_text()
     markdown = (tiny_run / "audit" / "report.md").read_text()
@@ -102,6 +113,23 @@ def test_reconstruction_levels_against_universal_and_mean_guess(psnr, universal_
     report = _report(0.5, 0.5, 0.5, 0.56, psnr=psnr, universal_psnr=universal_psnr, guess_psnr=12)
     flagged = [f for f in findings(report) if f["text"].startswith("reconstruction")]
     assert [f["level"] for f in flagged] == [level]
+
+
+def test_a_leak_at_the_label_floor_is_named_as_the_task_s_own():
+    """Gender from smile features at 62 % with a floor of 59 %: the smile labels alone say it."""
+    report = _report(0.62, 0.60, 0.95, 0.56, psnr=15, universal_psnr=15, guess_psnr=15)
+    report["attribute_inference"][0]["label_floor"] = 0.59
+    flagged = [f for f in findings(report) if "`gender`" in f["text"]]
+    assert [f["level"] for f in flagged] == ["note"]
+    text = flagged[0]["text"]
+    assert "label floor 59.0 %" in text and "`smile` labels alone" in text
+
+
+def test_a_leak_above_the_label_floor_is_not_excused_by_it():
+    report = _report(0.95, 0.90, 0.95, 0.56, psnr=15, universal_psnr=15, guess_psnr=15)
+    report["attribute_inference"][0]["label_floor"] = 0.59
+    flagged = [f for f in findings(report) if "`gender`" in f["text"]]
+    assert [f["level"] for f in flagged] == ["warning"]
 
 
 def test_warnings_come_first():

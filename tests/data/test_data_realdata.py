@@ -124,3 +124,23 @@ def test_camvid_segmentation_and_boundaries(real_data_root: RootFinder) -> None:
     neighbours = [seg[b, y - 1, x], seg[b, y + 1, x], seg[b, y, x - 1], seg[b, y, x + 1]]
     assert any(int(n) not in (IGNORE_INDEX, int(seg[b, y, x])) for n in neighbours)
     assert np.array_equal(splits.test.class_names["seg"][:2], ["Sky", "Building"])
+
+
+def test_celeba_label_floor_of_gender(real_data_root: RootFinder) -> None:
+    """The label floor on the 1,000-image CelebA test split (issue 11 quotes these numbers):
+    gender guessed from the true smile / high-cheekbones labels, beside the majority rate."""
+    from metamorphosis.audit.attribute import label_floor
+
+    labels = (
+        LabelSpec("smile", column="Smiling"),
+        LabelSpec("cheekbones", column="High_Cheekbones"),
+        LabelSpec("gender", column="Male"),
+    )
+    data = DataConfig(name="celeba", image_size=64)
+    test = build_datasets(data, labels, seed=0, root=real_data_root("celeba")).test
+    target = {s.name: torch.as_tensor(test.class_targets(s.name)) for s in labels}
+    gender = target["gender"].float()
+    assert len(gender) == 1000
+    assert max(float(gender.mean()), 1 - float(gender.mean())) == pytest.approx(0.577)
+    assert label_floor(target["smile"], target["gender"]) == pytest.approx(0.589)
+    assert label_floor(target["cheekbones"], target["gender"]) == pytest.approx(0.645)

@@ -9,11 +9,13 @@ on the test split:
 * a **linear probe** on the standardised, flattened features: weak, but it
   shows how *directly* the attribute is written in the features.
 
-Each is set beside two reference points: the majority-class rate (what an
-attacker learns from nothing) and the same attackers on the universal
-features (the shared encoder output, what a producer without metamorphosis
-modules would publish). Leakage is bad when it approaches the universal rate
-and harmless when it stays near the majority rate.
+Each is set beside three reference points: the majority-class rate (what an
+attacker learns from nothing), the **label floor** (what the public task's
+true labels alone reveal: no feature that serves the task perfectly can leak
+less) and the same attackers on the universal features (the shared encoder
+output, what a producer without metamorphosis modules would publish).
+Leakage is bad when it approaches the universal rate and unavoidable up to
+the label floor.
 """
 
 from __future__ import annotations
@@ -31,7 +33,14 @@ from .features import ENCODER_SOURCE, FeatureSet
 from .fitting import fit, predict
 from .swap import SwapResult, label_loss, score
 
-__all__ = ["ASSUMPTION", "AttributeRow", "attribute_inference", "linear_probe", "majority_rate"]
+__all__ = [
+    "ASSUMPTION",
+    "AttributeRow",
+    "attribute_inference",
+    "label_floor",
+    "linear_probe",
+    "majority_rate",
+]
 
 ASSUMPTION = (
     "The attacker is a consumer of one public task: it holds that task's features for the "
@@ -53,6 +62,8 @@ class AttributeRow:
         majority: the majority-class rate on the test split (None for dense kinds).
         universal_head: the head attacker's score on the encoder output.
         universal_probe: the linear probe's score on the encoder output.
+        label_floor: the attribute's accuracy from the source task's true test labels
+            (:func:`label_floor`; None for the encoder and for dense labels).
     """
 
     source: str
@@ -63,6 +74,7 @@ class AttributeRow:
     majority: float | None
     universal_head: float
     universal_probe: float
+    label_floor: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -75,6 +87,34 @@ def majority_rate(spec: LabelSpec, train_targets: Tensor, test_targets: Tensor) 
     classes, counts = torch.unique(train_targets.long(), return_counts=True)
     majority = classes[counts.argmax()]
     return float((test_targets.long() == majority).float().mean())
+
+
+def label_floor(public_targets: Tensor, private_targets: Tensor) -> float | None:
+    """Accuracy of the best guess of a private attribute from a public task's true labels.
+
+    Within each public-label cell the guess is the cell's most frequent private
+    class, counted on the very items it is scored on: no predictor that sees only
+    the public label does better. Features that serve the public task perfectly
+    carry its label, so no defence can push leakage below this; a leak at the
+    floor is the task's, not the features'. None unless both are class labels
+    (one value per item).
+    """
+    if public_targets.dim() != 1 or private_targets.dim() != 1 or not len(public_targets):
+        return None
+    public, private = public_targets.long(), private_targets.long()
+    hits = sum(
+        int(torch.unique(private[public == cell], return_counts=True)[1].max())
+        for cell in torch.unique(public)
+    )
+    return hits / len(public)
+
+
+def _floor_of(test: FeatureSet, source: str, attribute: str) -> float | None:
+    """The label floor of ``attribute`` through a source that is a labelled task (not the
+    encoder output, nor a feature source without labels)."""
+    if source == ENCODER_SOURCE or source not in test.targets:
+        return None
+    return label_floor(test.targets[source], test.targets[attribute])
 
 
 class _Standardise(nn.Module):
@@ -179,6 +219,7 @@ def attribute_inference(
                     majority=majority,
                     universal_head=retrained.matrix[ENCODER_SOURCE][spec.name],
                     universal_probe=probes[ENCODER_SOURCE],
+                    label_floor=_floor_of(test, source, spec.name),
                 )
             )
     return rows

@@ -48,13 +48,21 @@ def _attribute_findings(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str
         best = max(row["head"], row["probe"])
         universal = max(row["universal_head"], row["universal_probe"])
         where = f"`{row['attribute']}` from `{row['source']}` features"
+        floor = row.get("label_floor")
         numbers = (
             f"best attacker {percent(best)}, universal features {percent(universal)}, "
             f"majority rate {percent(row['majority'])}"
+            + ("" if floor is None else f", label floor {percent(floor)}")
         )
         at_chance = row["majority"] is not None and best <= row["majority"] + ABOVE_CHANCE
         if at_chance:
             out.append(_finding("ok", f"{where} is at chance level: {numbers}."))
+        elif floor is not None and best <= floor + ABOVE_CHANCE:
+            text = (
+                f"{where} leaks about what the `{row['source']}` labels alone reveal "
+                f"(the label floor): {numbers}."
+            )
+            out.append(_finding("note", text))
         elif best >= universal - SAME_AS_UNIVERSAL:
             text = f"{where} leaks as much as the universal features: {numbers}."
             out.append(_finding("warning", text))
@@ -188,7 +196,7 @@ def plot_swap(swap: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def plot_attribute(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Attribute inference per (source, attribute): head, probe, majority and universal."""
+    """Attribute inference per (source, attribute): head, probe, majority and label floor."""
     figure = Figure(figsize=(8, 0.6 + 0.55 * max(len(rows), 1)), layout="constrained")
     axes = figure.subplots()
     labels = [f"{r['attribute']} from {r['source']}" for r in rows]
@@ -204,6 +212,16 @@ def plot_attribute(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
                 lw=1.5,
                 label="majority rate" if i == 0 else None,
             )
+    floors = [(i, r["label_floor"]) for i, r in enumerate(rows) if r.get("label_floor") is not None]
+    for n, (i, floor) in enumerate(floors):
+        axes.plot(
+            [floor] * 2,
+            [i - 0.45, i + 0.45],
+            color="tab:red",
+            lw=1.5,
+            ls="--",
+            label="label floor" if n == 0 else None,
+        )
     axes.set_yticks(y, labels)
     axes.set_xlim(0, 1)
     axes.set_xlabel("attacker accuracy on the test split")
@@ -262,6 +280,7 @@ def _attribute_section(doc: Document, report: Mapping[str, Any]) -> None:
             "head attacker",
             "linear probe",
             "majority rate",
+            "label floor",
             "universal (head / probe)",
         ],
         [
@@ -271,6 +290,7 @@ def _attribute_section(doc: Document, report: Mapping[str, Any]) -> None:
                 number(r["metric"], r["head"]),
                 number(r["metric"], r["probe"]),
                 number(r["metric"], r["majority"]),
+                number(r["metric"], r.get("label_floor")),
                 f"{number(r['metric'], r['universal_head'])} / "
                 f"{number(r['metric'], r['universal_probe'])}",
             ]
