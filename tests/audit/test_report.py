@@ -47,6 +47,37 @@ def test_every_public_source_row_carries_its_label_floor(tiny_run, tiny_audit):
     assert "label floor" in (tiny_run / "audit" / "report.md").read_text()
 
 
+def test_the_header_names_the_method_and_the_module_actually_trained(tiny_run, tiny_audit):
+    from metamorphosis.rundir import load_config_of_run
+
+    config = load_config_of_run(tiny_run)
+    run = tiny_audit["run"]
+    assert run["method"] == config.method and run["module"] == config.module_kind
+    markdown = (tiny_run / "audit" / "report.md").read_text()
+    assert f"method `{config.method}`" in markdown and f"module `{config.module_kind}`" in markdown
+
+
+def test_a_baseline_report_does_not_claim_the_configured_module():
+    """DeepObfuscator (mode none) trains identity modules, whatever model.module says."""
+    from metamorphosis.audit.run import _run_summary
+    from metamorphosis.config import config_from_dict
+    from tiny import tiny_config_dict
+
+    raw = tiny_config_dict("none")
+    raw["method"] = "deepobfuscator"
+    raw["private_attributes"] = raw.get("private_attributes") or [{"name": "background"}]
+    config = config_from_dict(raw)
+    record = {
+        "privacy": {"mode": "none", "epsilon": None, "delta": 1e-6},
+        "tasks": [],
+        "private_attributes": [],
+        "feature_shapes": {},
+        "metrics": {},
+    }
+    summary = _run_summary(record, config)
+    assert (summary["method"], summary["module"]) == ("deepobfuscator", "identity")
+
+
 def test_html_is_self_contained_and_matches_the_markdown(tiny_run, tiny_audit):
     html = (tiny_run / "audit" / "report.html").read_text()
     markdown = (tiny_run / "audit" / "report.md").read_text()

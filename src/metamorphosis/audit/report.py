@@ -237,8 +237,9 @@ def _header(doc: Document, report: Mapping[str, Any]) -> None:
     eps = run["epsilon"]
     privacy = "no DP" if eps is None else f"ε = {eps:.3g} (δ = {run['delta']:g})"
     doc.paragraph(
-        f"Run `{report['run_dir']}`: {run['encoder']} split {run['split_index']}, module "
-        f"`{run['module']}`, privacy mode `{run['mode']}`, {privacy}. Public tasks: "
+        f"Run `{report['run_dir']}`: method `{run.get('method', 'metamorphosis')}`, "
+        f"{run['encoder']} split {run['split_index']}, module `{run['module']}`, privacy mode "
+        f"`{run['mode']}`, {privacy}. Public tasks: "
         f"{', '.join(run['tasks'])}; private attributes: "
         f"{', '.join(run['private_attributes']) or 'none'}."
     )

@@ -117,7 +117,8 @@ def _run_summary(record: dict[str, Any], config: Config) -> dict[str, Any]:
         "dataset": config.data.name,
         "encoder": config.model.encoder,
         "split_index": config.model.split_index,
-        "module": config.model.module,
+        "method": config.method,
+        "module": config.module_kind,  # the one trained: identity in mode none and baselines
         "mode": privacy["mode"],
         "epsilon": privacy["epsilon"],
         "delta": privacy["delta"],
