@@ -19,8 +19,6 @@ from typing import Any, TypedDict
 import torch
 
 from ..config import MAX_SEED, Config, config_from_dict
-from ..data import build_datasets
-from ..data.transforms import ImageTransform
 from ..errors import ConfigError, RunDirError
 from ..models.producer import build_network
 from ..rundir import (
@@ -34,11 +32,12 @@ from ..rundir import (
 from . import attribute, reconstruction, swap, tsne
 from .budget import AttackBudget, budget_named
 from .cost import producer_cost
-from .features import ENCODER_SOURCE, FeatureSet, extract_features
+from .features import ENCODER_SOURCE, FeatureSet
+from .inputs import load_audit_data, resolve_device
 from .report import findings, plot_attribute, plot_swap, write_report
 from .sweeps import check_points, check_sweeps, run_sweeps
 
-__all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit", "resolve_device", "load_audit_data"]
+__all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit"]
 
 AUDIT_DIR = "audit"
 REPORT_VERSION = 1
@@ -53,62 +52,6 @@ ASSUMPTIONS = {
     "tsne": tsne.ASSUMPTION,
 }
 """What each measurement assumes about the attacker, as the report states it."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; ``cpu``, ``cuda`` and ``cuda:N`` are taken as asked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not (name == "cuda" or name.startswith("cuda:")):
-        raise ConfigError(f"device {name!r} is invalid: expected auto, cpu, cuda or cuda:N")
-    if name != "cpu" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but CUDA is not available here")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"device {name!r} is invalid: {exc}") from None
-
-
-def load_audit_data(
-    run_dir: Path,
-    record: dict[str, Any],
-    config: Config,
-    *,
-    data_root: str | Path | None,
-    budget: AttackBudget,
-    seed: int,
-    device: torch.device,
-    progress: bool,
-) -> tuple[FeatureSet, FeatureSet]:
-    """Train and test features of every source, on the run's own splits."""
-    data = build_datasets(config.data, config.all_labels, seed=config.train.seed, root=data_root)
-    if list(data.input_shape) != list(record["input_shape"]):
-        raise RunDirError(
-            f"the data gives images of shape {list(data.input_shape)} but {run_dir} was trained "
-            f"on {record['input_shape']}; check --data-root and data.image_size"
-        )
-    transform = ImageTransform.from_dict(record["transform"])
-    producer = load_producer(run_dir).to(device)
-    names = [spec.name for spec in config.all_labels]
-    train, test = (
-        extract_features(
-            producer,
-            split,
-            names=names,
-            mean=transform.mean,
-            std=transform.std,
-            limit=limit,
-            seed=seed,
-            device=device,
-            progress=progress,
-            description=f"{name} features",
-        )
-        for name, split, limit in (
-            ("train", data.train, budget.train_items),
-            ("test", data.test, budget.test_items),
-        )
-    )
-    return train, test
 
 
 def _run_summary(record: dict[str, Any], config: Config) -> dict[str, Any]:

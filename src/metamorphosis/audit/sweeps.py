@@ -32,6 +32,7 @@ from ..models.producer import build_network, count_parameters
 from ..rundir import load_heads, load_producer, read_run_json
 from .budget import AttackBudget
 from .document import number
+from .inputs import load_audit_data, resolve_device
 from .swap import retrained_swap
 
 __all__ = [
@@ -111,8 +112,6 @@ def _leakage(
     progress: bool,
 ) -> dict[str, float]:
     """Best retrained attacker per attacked label over the public tasks' features."""
-    from .run import load_audit_data, resolve_device
-
     torch_device = resolve_device(device)
     train, test = load_audit_data(
         point_dir,
