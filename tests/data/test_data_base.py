@@ -116,7 +116,7 @@ def test_registry_lists_every_dataset_and_rejects_unknown_names() -> None:
 
 
 def test_registering_a_dataset(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.setattr(registry_module, "_REGISTRY", registry_module._REGISTRY.copy())
     seen = {}
 
     @register_dataset("tiny")

@@ -7,7 +7,7 @@ import pytest
 from metamorphosis.errors import ConfigError
 from metamorphosis.models.encoders import ENCODERS, create_encoder, list_encoders
 from metamorphosis.models.metamorphosis import MODULES, create_module, list_modules
-from metamorphosis.models.registry import Registry
+from metamorphosis.registry import Registry
 
 
 def _widgets() -> Registry[int]:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from ..config import DataConfig, LabelSpec
 from ..errors import ConfigError
+from ..registry import Registry
 from .base import DatasetSplits
 
 __all__ = ["DatasetBuilder", "register_dataset", "list_datasets", "build_datasets"]
@@ -32,32 +33,21 @@ class DatasetBuilder(Protocol):
     ) -> DatasetSplits: ...
 
 
-_REGISTRY: dict[str, DatasetBuilder] = {}
+_REGISTRY: Registry[DatasetSplits] = Registry("dataset", key="data.name")
 
 
 def register_dataset(name: str) -> Callable[[DatasetBuilder], DatasetBuilder]:
     """Decorator registering a builder under ``name`` (the value of ``data.name``).
 
     Raises:
-        ConfigError: ``name`` is already registered (names must be unique).
+        ConfigError: ``name`` is empty or already registered (names must be unique).
     """
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"dataset name {name!r} is invalid: expected a non-empty string")
-
-    def decorator(builder: DatasetBuilder) -> DatasetBuilder:
-        if name in _REGISTRY:
-            raise ConfigError(
-                f"dataset {name!r} is already registered; registered: {', '.join(list_datasets())}"
-            )
-        _REGISTRY[name] = builder
-        return builder
-
-    return decorator
+    return _REGISTRY.register(name)
 
 
 def list_datasets() -> list[str]:
     """Names accepted by ``data.name``, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_datasets(
@@ -81,10 +71,6 @@ def build_datasets(
         DataError: the data folder, a file or a label value is missing or malformed.
     """
     builder = _REGISTRY.get(data.name)
-    if builder is None:
-        raise ConfigError(
-            f"data.name={data.name!r} is invalid: expected one of {', '.join(list_datasets())}"
-        )
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"seed={seed!r} is invalid: expected an integer >= 0")
     return builder(data, tuple(labels), seed=seed, root=root)

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from ..config import LabelSpec
 from ..errors import ConfigError
+from ..registry import Registry
 from .heads import classification_head, task_layer, upsample_stage, upsampling_decoder
 from .layers import check_norm, conv_norm_relu, norm_layer
-from .registry import Registry
 
 __all__ = [
     "ENCODERS",

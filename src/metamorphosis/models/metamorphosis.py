@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .registry import Registry
+from ..registry import Registry
 
 __all__ = ["MODULES", "CrossSEC", "create_module", "list_modules"]
 
