@@ -325,16 +325,10 @@ def _resolved(run: Run, budget: str, device: str):
 
 def _same_config(run_dir: Path, config) -> bool:
     """Whether ``run_dir`` was trained from ``config`` (up to the device and class counts)."""
-    from metamorphosis.config import config_from_dict, config_to_dict
+    from metamorphosis.config import config_from_dict, same_config
 
     recorded = config_from_dict(json.loads((run_dir / "run.json").read_text())["config"])
-    ours, theirs = config_to_dict(config), config_to_dict(recorded)
-    for raw in (ours, theirs):
-        raw["train"]["device"] = None  # where it ran does not change what it is
-        for spec in (*raw["tasks"], *raw["private_attributes"]):
-            if spec["kind"] != "binary":  # filled from the data when training
-                spec["num_classes"] = None
-    return ours == theirs
+    return same_config(config, recorded)
 
 
 def train_and_audit(run: Run, budget: str, device: str, data: Path, progress: bool) -> Path:

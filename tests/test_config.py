@@ -108,3 +108,22 @@ def test_label_classes_are_filled_from_data_and_checked():
         filled.with_label_classes({"shape": 4})
     with pytest.raises(ConfigError, match="num_classes is unknown"):
         LabelSpec("shape", kind="multiclass").num_outputs  # noqa: B018
+
+
+def test_same_config_ignores_the_device_and_unread_class_counts():
+    from metamorphosis.config import same_config
+
+    raw = {
+        "tasks": [{"name": "shape", "kind": "multiclass"}, {"name": "large"}],
+        "privacy": {"mode": "none"},
+    }
+    fresh = config_from_dict(raw)  # from YAML: multiclass num_classes not read yet
+    trained = fresh.with_label_classes({"shape": 3})
+    assert same_config(fresh, trained) and same_config(trained, fresh)
+    moved = config_from_dict({**raw, "train": {"device": "auto"}})
+    assert same_config(moved, trained)
+    assert not same_config(trained, dataclasses.replace(trained, tasks=trained.tasks[:1]))
+    other_lr = config_from_dict({**raw, "train": {"lr": 0.5}})
+    assert not same_config(other_lr, fresh)
+    four = fresh.with_label_classes({"shape": 4})
+    assert not same_config(four, trained)  # both known and different

@@ -38,6 +38,7 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "config_to_dict",
+    "same_config",
     "apply_overrides",
     "data_root_from_env",
 ]
@@ -540,6 +541,24 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
 def config_to_dict(config: Config) -> dict[str, Any]:
     """Plain data (JSON / YAML safe) for a config; inverse of :func:`config_from_dict`."""
     return _lists_for_tuples(dataclasses.asdict(config))
+
+
+def same_config(a: Config, b: Config) -> bool:
+    """Whether ``a`` and ``b`` describe the same training.
+
+    Equal up to where it runs (``train.device``) and to class counts that one side
+    has not read from the data yet (``num_classes`` None: a config fresh from YAML
+    beside one recorded in a run). The trainer's resume check, the audit's sweep
+    points and the paper-table harness all decide "may I reuse this?" here.
+    """
+    left, right = config_to_dict(a), config_to_dict(b)
+    for raw in (left, right):
+        raw["train"]["device"] = None
+    for key in ("tasks", "private_attributes"):
+        for mine, theirs in zip(left[key], right[key], strict=False):  # lengths: compared below
+            if mine["num_classes"] is None or theirs["num_classes"] is None:
+                mine["num_classes"] = theirs["num_classes"] = None
+    return left == right
 
 
 def _lists_for_tuples(value: Any) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..config import MAX_TARGET_EPSILON, Config, config_from_dict, config_to_dict
+from ..config import MAX_TARGET_EPSILON, Config, config_from_dict, config_to_dict, same_config
 from ..errors import ConfigError
 from ..experiment import train_run
 from ..metrics import primary_metric
@@ -80,12 +80,6 @@ def _value_label(value: float) -> str:
     return f"{value:g}"
 
 
-def _comparable(config: Config) -> dict[str, Any]:
-    raw = config_to_dict(config)
-    raw["train"].pop("device")  # where a point trained does not change what it is
-    return raw
-
-
 def _train_point(
     config: Config, out: Path, data_root: str | Path | None, progress: bool
 ) -> dict[str, Any]:
@@ -93,7 +87,7 @@ def _train_point(
     if not (out / "run.json").exists():
         return train_run(config, out, data_root=data_root, progress=progress)
     record = read_run_json(out)
-    if _comparable(config_from_dict(record["config"])) != _comparable(config):
+    if not same_config(config_from_dict(record["config"]), config):
         raise ConfigError(
             f"{out} holds a sweep point trained from another config; delete it to retrain"
         )

@@ -45,7 +45,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from tqdm.auto import tqdm
 
-from ..config import Config, config_to_dict
+from ..config import Config, config_from_dict, config_to_dict, same_config
 from ..data import DatasetSplits
 from ..errors import CheckpointError, ConfigError, DataError, MetaMorphosisError
 from ..io import atomic_write, json_safe, remove_stale_temporaries
@@ -222,6 +222,15 @@ def _restore(path: Path, what: str, load: Callable[[Any], Any], saved: Any) -> N
         raise CheckpointError(
             f"cannot resume from {path}: its {what} does not fit this run ({reason}); {_RESTART}"
         ) from None
+
+
+def _written_for(saved: str, config: Config) -> bool:
+    """Whether a checkpoint's recorded config is ``config``'s training (it may resume
+    on another device); a record that no longer parses is not."""
+    try:
+        return same_config(config_from_dict(json.loads(saved)), config)
+    except (ValueError, TypeError):  # ConfigError included: not this run's checkpoint
+        return False
 
 
 def _truncate_metrics(path: Path, size: Any) -> None:
@@ -618,8 +627,7 @@ class Trainer:
             return None
         state = load_checkpoint(path)
         _check_state(path, state, len(self.phases))
-        ours = json.dumps(config_to_dict(self.config), sort_keys=True)
-        if state["config"] != ours:
+        if not _written_for(state["config"], self.config):
             raise CheckpointError(
                 f"{path} was written for another config; use a new --out directory "
                 "or delete the checkpoint to start over"
