@@ -66,13 +66,26 @@ def _timed(step, repeats: int) -> list[float]:
 
 
 def _interleaved(steps: dict[str, callable], rounds: int, per_round: int) -> dict[str, float]:
+    """Median seconds per step of each side over all rounds; ``rounds`` holds each
+    round's medians, so a ratio's spread across rounds can be printed beside it."""
     for step in steps.values():  # warm-up
         step()
     samples: dict[str, list[float]] = {name: [] for name in steps}
+    per_round_medians: list[dict[str, float]] = []
     for _ in range(rounds):
+        medians = {}
         for name, step in steps.items():
-            samples[name] += _timed(step, per_round)
-    return {name: statistics.median(values) for name, values in samples.items()}
+            times = _timed(step, per_round)
+            samples[name] += times
+            medians[name] = statistics.median(times)
+        per_round_medians.append(medians)
+    result: dict = {name: statistics.median(values) for name, values in samples.items()}
+    result["rounds"] = per_round_medians
+    return result
+
+
+def _spread(values: list[float], fmt: str) -> str:
+    return f"rounds {format(min(values), fmt)}-{format(max(values), fmt)}"
 
 
 def dp_ratio(encoder: str, size: int, batch: int, rounds: int, per_round: int) -> dict[str, float]:
@@ -130,7 +143,7 @@ def main() -> None:
     if args.quick:
         encoder, size, batch, rounds, per_round = "test_resnet", 32, 16, 2, 2
     else:
-        encoder, size, batch, rounds, per_round = "resnet18", 64, 64, 5, 3
+        encoder, size, batch, rounds, per_round = "resnet18", 64, 64, 12, 3
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, encoder {encoder}, "
         f"{size}x{size}, batch {batch}, {rounds} interleaved rounds x {per_round} steps"
@@ -138,17 +151,20 @@ def main() -> None:
 
     times = dp_ratio(encoder, size, batch, rounds, per_round)
     ratio = times["dp"] / times["plain"]
+    ratios = [r["dp"] / r["plain"] for r in times["rounds"]]
     print(
         f"DP (encoder only) step {times['dp'] * 1e3:8.1f} ms | plain step "
-        f"{times['plain'] * 1e3:8.1f} ms | ratio {ratio:.2f}  (target <= 1.6, aim <= 1.3)"
+        f"{times['plain'] * 1e3:8.1f} ms | ratio {ratio:.2f} ({_spread(ratios, '.2f')})  "
+        "(target <= 1.6, aim <= 1.3)"
     )
     for tasks, target in ((2, 5.0), (3, 10.0)):
         times = ssim_share(tasks, encoder, size, batch, rounds, per_round)
         share = 100.0 * max(times["with"] - times["without"], 0.0) / times["with"]
+        shares = [100.0 * max(r["with"] - r["without"], 0.0) / r["with"] for r in times["rounds"]]
         print(
             f"SSIM term, {tasks} tasks: step {times['with'] * 1e3:8.1f} ms with, "
-            f"{times['without'] * 1e3:8.1f} ms without | share {share:.1f}%  "
-            f"(target <= {target:.0f}%)"
+            f"{times['without'] * 1e3:8.1f} ms without | share {share:.1f}% "
+            f"({_spread(shares, '.1f')}%)  (target <= {target:.0f}%)"
         )
 
 

@@ -97,3 +97,30 @@ def test_omega_zero_is_zero_and_still_differentiable():
     torch.testing.assert_close(loss, torch.zeros(3, dtype=torch.float64))
     loss.sum().backward()
     assert all(f.grad is not None for f in features.values())
+
+
+@pytest.mark.parametrize(("window", "size"), [("gaussian", 16), ("uniform", 6), ("gaussian", 2)])
+def test_pairwise_ssim_shares_moments_but_equals_ssim_per_pair(window, size):
+    """Values and gradients of the shared-moment path equal pair-by-pair SSIM."""
+    from metamorphosis.losses.ssim import pairwise_ssim_per_sample
+
+    maps = list(_features(n=3, size=size, names=("a", "b", "c", "d")).values())
+    pairs = list(itertools.combinations(range(4), 2))
+    shared = pairwise_ssim_per_sample(maps, pairs, data_range=2.0, window=window)
+    alone = torch.stack(
+        [ssim_per_sample(maps[i], maps[j], data_range=2.0, window=window) for i, j in pairs]
+    )
+    torch.testing.assert_close(shared, alone, rtol=0, atol=1e-12)
+    got = torch.autograd.grad(shared.sum(), maps)
+    want = torch.autograd.grad(alone.sum(), maps)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+def test_pairwise_ssim_refuses_mismatched_maps_and_no_pairs():
+    from metamorphosis.losses.ssim import pairwise_ssim_per_sample
+
+    with pytest.raises(ValueError, match="same shape"):
+        pairwise_ssim_per_sample([torch.rand(2, 1, 4, 4), torch.rand(2, 1, 5, 4)], [(0, 1)])
+    with pytest.raises(ValueError, match="at least one"):
+        pairwise_ssim_per_sample([torch.rand(2, 1, 4, 4)], [])

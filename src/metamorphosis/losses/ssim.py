@@ -32,6 +32,7 @@ __all__ = [
     "fit_window",
     "ms_ssim_num_scales",
     "ms_ssim_per_sample",
+    "pairwise_ssim_per_sample",
     "ssim_per_sample",
 ]
 
@@ -154,6 +155,20 @@ def _ssim_maps(
     # One filtering pass over the five moment images (grouped per channel).
     moments = _filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel)
     mu_x, mu_y, e_xx, e_yy, e_xy = moments.split(channels, dim=1)
+    return _ssim_from_moments((mu_x, e_xx), (mu_y, e_yy), e_xy, data_range, k1, k2)
+
+
+def _ssim_from_moments(
+    x: tuple[Tensor, Tensor],
+    y: tuple[Tensor, Tensor],
+    e_xy: Tensor,
+    data_range: float,
+    k1: float,
+    k2: float,
+) -> tuple[Tensor, Tensor]:
+    """SSIM and contrast-structure maps from the local moments ``(E[x], E[x²])`` of each
+    map and ``E[xy]``, all filtered with the same window."""
+    (mu_x, e_xx), (mu_y, e_yy) = x, y
     var_x = e_xx - mu_x * mu_x  # population (biased) covariance, as Wang et al. 2004
     var_y = e_yy - mu_y * mu_y
     cov_xy = e_xy - mu_x * mu_y
@@ -162,6 +177,50 @@ def _ssim_maps(
     cs_map = (2.0 * cov_xy + c2) / (var_x + var_y + c2)
     luminance = (2.0 * mu_x * mu_y + c1) / (mu_x * mu_x + mu_y * mu_y + c1)
     return luminance * cs_map, cs_map
+
+
+def pairwise_ssim_per_sample(
+    maps: Sequence[Tensor],
+    pairs: Sequence[tuple[int, int]],
+    *,
+    data_range: float = 1.0,
+    window: str = "gaussian",
+    max_window: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor:
+    """:func:`ssim_per_sample` of ``maps[i]`` with ``maps[j]`` for every pair, as P×N.
+
+    Each map's local moments (E[x], E[x²]) are filtered once, however many pairs
+    it is in; only E[xy] is filtered per pair. For k maps in every pair that is
+    2k + k(k-1)/2 filtered images per sample instead of 5·k(k-1)/2 (3 tasks: 9
+    instead of 15). The values equal those of :func:`ssim_per_sample`.
+    """
+    if not maps or not pairs:
+        raise ValueError("give at least one map and one (i, j) pair")
+    for other in maps:
+        _check_pair(maps[0], other)
+    _check_options(window, max_window, sigma, data_range)
+    first = maps[0]
+    k, n, channels = len(maps), first.shape[0], first.shape[1]
+    size = fit_window(first.shape[-2], first.shape[-1], max_window)
+    kernel = _window_1d(size, window, sigma, first)
+    stacked = torch.cat(list(maps))  # (k·N)×C×H×W
+    mu, e_sq = _filter(torch.cat([stacked, stacked * stacked], dim=1), kernel).split(channels, 1)
+    products = torch.cat([maps[i] * maps[j] for i, j in pairs])  # (P·N)×C×H×W
+    e_xy = _filter(products, kernel)
+    mu, e_sq = mu.unflatten(0, (k, n)), e_sq.unflatten(0, (k, n))
+    left, right = [i for i, _ in pairs], [j for _, j in pairs]
+    ssim_map, _ = _ssim_from_moments(
+        (mu[left].flatten(0, 1), e_sq[left].flatten(0, 1)),
+        (mu[right].flatten(0, 1), e_sq[right].flatten(0, 1)),
+        e_xy,
+        data_range,
+        k1,
+        k2,
+    )
+    return ssim_map.mean(dim=(1, 2, 3)).view(len(pairs), n)
 
 
 def ssim_per_sample(

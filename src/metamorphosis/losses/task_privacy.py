@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from .ssim import ms_ssim_per_sample, ssim_per_sample
+from .ssim import ms_ssim_per_sample, pairwise_ssim_per_sample, ssim_per_sample
 
 __all__ = ["SIMILARITIES", "mean_pairwise_similarity", "task_privacy_loss"]
 
@@ -67,9 +67,12 @@ def _pair_similarities(
     pairs = list(combinations(range(len(items)), 2))
     names = [(items[i][0], items[j][0]) for i, j in pairs]
     n = items[0][1].shape[0]
+    # Samples stay independent: the similarity is computed per (pair, sample) row.
+    if similarity == "ssim":  # each map's moments once, however many pairs it is in
+        maps = [value for _, value in items]
+        return names, pairwise_ssim_per_sample(maps, pairs, data_range=data_range)
     left = torch.cat([items[i][1] for i, _ in pairs])
     right = torch.cat([items[j][1] for _, j in pairs])
-    # Samples stay independent: the similarity is computed per (pair, sample) row.
     values = fn(left, right, data_range=data_range).view(len(pairs), n)
     return names, values
 
