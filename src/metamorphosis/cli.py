@@ -451,6 +451,7 @@ def serve(
     """Publish each task's features of the producer's inputs to that task's key holders."""
     _require_serve_extra()
     from .serve.app import create_app
+    from .serve.listen import url_of
     from .serve.server import (
         build_service,
         check_limits,
@@ -469,9 +470,7 @@ def serve(
     # Bound before announcing: a port in use is an error here, not after "serving".
     registry = app_.state.metrics.registry
     sock = open_listener(host, port, metrics_port=metrics_port, metrics_registry=registry)
-    scheme = "https" if ssl_certfile else "http"
-    where = f"[{host}]" if ":" in host else host
-    url = f"{scheme}://{where}:{sock.getsockname()[1]}"
+    url = url_of(sock, host, tls=ssl_certfile is not None)
     typer.echo(f"serving {', '.join(service.tasks)} on {url}", err=True)
     serve_forever(app_, sock, **tls)
 
@@ -604,15 +603,13 @@ def consume(
     _check_consume(url, task, key, wait, cafile)
     if train_config is not None:
         steps = _consume_training(url, task, key, train_config, data_root, cafile or True, wait)
-    elif out is None:
-        raise MetaMorphosisError("give --out FILE to fetch features or --train CONFIG to train")
-    else:
-        _check_fetch(limit, encoding, out)
-        count, shape = _fetch_features(url, task, key, out, limit, encoding, cafile)
-    if train_config is not None:
         typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
-    else:
-        typer.echo(f"{count} items, features {shape} -> {out}")
+        return
+    if out is None:
+        raise MetaMorphosisError("give --out FILE to fetch features or --train CONFIG to train")
+    _check_fetch(limit, encoding, out)
+    count, shape = _fetch_features(url, task, key, out, limit, encoding, cafile)
+    typer.echo(f"{count} items, features {shape} -> {out}")
 
 
 def _check_consume(url: str, task: str, key: str, wait: float, cafile: str | None) -> None:

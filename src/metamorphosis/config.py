@@ -41,6 +41,7 @@ __all__ = [
     "same_config",
     "apply_overrides",
     "data_root_from_env",
+    "is_finite_number",
 ]
 
 CLASSIFICATION_KINDS = ("binary", "multiclass")
@@ -82,14 +83,14 @@ def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
         raise _fail(key, value, "one of " + ", ".join(choices))
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     """A finite int or float; bool is not a number here (YAML ``true`` is no 1)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
     """A finite number > 0 (or >= 0); NaN and ±inf are refused: no key gives them a meaning."""
-    if not _is_number(value) or value < 0 or (value == 0 and not allow_zero):
+    if not is_finite_number(value) or value < 0 or (value == 0 and not allow_zero):
         raise _fail(key, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
 
 
@@ -102,7 +103,7 @@ def _check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None
 
 def _check_fraction(key: str, value: Any, low: float, high: float, *, low_open: bool) -> None:
     """A finite number in [low, high) or (low, high)."""
-    ok = _is_number(value) and (value > low if low_open else value >= low) and value < high
+    ok = is_finite_number(value) and (value > low if low_open else value >= low) and value < high
     if not ok:
         interval = f"{'(' if low_open else '['}{low:g}, {high:g})"
         raise _fail(key, value, f"a number in {interval}")
@@ -301,7 +302,7 @@ class PrivacyConfig:
 
 def _check_target_epsilon(value: Any) -> None:
     # ε = inf is not "no DP": noise calibration would train at its largest σ instead
-    if not _is_number(value) or not 0 < value <= MAX_TARGET_EPSILON:
+    if not is_finite_number(value) or not 0 < value <= MAX_TARGET_EPSILON:
         raise _fail(
             "privacy.target_epsilon",
             value,

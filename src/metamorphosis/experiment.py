@@ -7,7 +7,6 @@ library users can call :func:`train_run` and :func:`add_task` directly.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, LabelSpec, config_from_dict, load_config
+from .config import Config, LabelSpec, config_from_dict, is_finite_number, load_config
 from .data import build_datasets
 from .errors import ConfigError, RunDirError
 from .privacy.accounting import DPPhase
@@ -148,8 +147,7 @@ def add_task(
 def _added_omega(privacy, omega: float | None) -> float:
     if omega is None:
         return privacy.omega if privacy.uses_task_privacy else 0.0
-    ok = isinstance(omega, (int, float)) and not isinstance(omega, bool)
-    if not ok or not math.isfinite(omega) or omega < 0:
+    if not is_finite_number(omega) or omega < 0:
         raise ConfigError(f"omega={omega!r} is invalid: expected a finite number >= 0")
     return float(omega)
 

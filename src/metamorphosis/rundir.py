@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from .config import PRIVACY_MODES, Config, config_from_dict, config_to_dict
+from .config import PRIVACY_MODES, Config, config_from_dict, config_to_dict, is_finite_number
 from .data.transforms import ImageTransform
 from .errors import ConfigError, MetaMorphosisError, RunDirError
 from .io import json_safe, save_safetensors, write_json
@@ -153,11 +153,6 @@ def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
-def _is_number(value: Any) -> bool:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return ok and math.isfinite(value)
-
-
 def _is_shape(value: Any) -> bool:
     return isinstance(value, list) and len(value) == 3 and all(_is_int(v, 1) for v in value)
 
@@ -204,7 +199,7 @@ def _check_record(record: Any, path: Path) -> None:
     added = record.get("added_tasks", [])
     _require(isinstance(added, list), path, "added_tasks", added, "a list")
     seconds = record.get("train_seconds", 0.0)
-    _require(_is_number(seconds), path, "train_seconds", seconds, "a finite number")
+    _require(is_finite_number(seconds), path, "train_seconds", seconds, "a finite number")
     _check_transform(record, path)
 
 
@@ -242,10 +237,10 @@ def _check_privacy(privacy: Any, path: Path) -> None:
     _require(mode in PRIVACY_MODES, path, "privacy.mode", mode, f"one of {list(PRIVACY_MODES)}")
     for key in ("epsilon", "noise_multiplier"):
         value = privacy.get(key)
-        ok = value is None or (_is_number(value) and value > 0)
+        ok = value is None or (is_finite_number(value) and value > 0)
         _require(ok, path, f"privacy.{key}", value, "a finite number > 0 or null")
     delta = privacy.get("delta")
-    ok = _is_number(delta) and 0 < delta < 1
+    ok = is_finite_number(delta) and 0 < delta < 1
     _require(ok, path, "privacy.delta", delta, "a number in (0, 1)")
     phases = privacy.get("phases")
     _require(isinstance(phases, list), path, "privacy.phases", phases, "a list")
@@ -259,9 +254,9 @@ def _check_phase(phase: Any, key: str, path: Path) -> None:
         isinstance(phase, dict)
         and set(phase) == {"name", "noise_multiplier", "sample_rate", "steps"}
         and isinstance(phase["name"], str)
-        and _is_number(phase["noise_multiplier"])
+        and is_finite_number(phase["noise_multiplier"])
         and phase["noise_multiplier"] > 0
-        and _is_number(phase["sample_rate"])
+        and is_finite_number(phase["sample_rate"])
         and 0 < phase["sample_rate"] <= 1
         and _is_int(phase["steps"], 0)
     )

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..io import atomic_write
-from ..rundir import json_safe
+from ..io import atomic_write, json_safe
 from .document import Document, number, percent
 
 __all__ = ["findings", "write_report", "plot_swap", "plot_attribute", "REPORT_FILES"]

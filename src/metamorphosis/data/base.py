@@ -51,6 +51,7 @@ __all__ = [
     "load_rgb",
     "decode_image",
     "read_text",
+    "decode_utf8",
     "resize_nearest",
 ]
 
@@ -424,14 +425,21 @@ def load_rgb(path: Path, transform: ImageTransform, *, context: str = "") -> np.
 def read_text(path: Path, what: str) -> str:
     """A UTF-8 annotation file (a BOM is dropped); a bad byte is reported with its line."""
     raw = require_file(path, what).read_bytes()
+    return decode_utf8(raw, lambda line: f"{what} {path} line {line}", "expected a UTF-8 text file")
+
+
+def decode_utf8(raw: bytes, where: Callable[[int], str], advice: str) -> str:
+    """``raw`` as UTF-8 (a BOM dropped), or one DataError naming the first bad byte.
+
+    ``where(line)`` says where it is (a line of an annotation file, a manifest row);
+    ``advice`` ends the message.
+    """
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = exc.object[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{what} {path} line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; "
-            "expected a UTF-8 text file"
-        ) from None
+        byte = exc.object[exc.start]
+        raise DataError(f"{where(line)}: byte 0x{byte:02x} is not UTF-8; {advice}") from None
 
 
 def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

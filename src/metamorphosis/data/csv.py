@@ -43,6 +43,7 @@ from .base import (
     LabelledImageDataset,
     Sample,
     assemble_splits,
+    decode_utf8,
     load_rgb,
 )
 from .registry import register_dataset
@@ -126,15 +127,9 @@ def _read_manifest(path: Path) -> tuple[list[str], list[_Row]]:
         raise DataError(f"CSV manifest {path} is a directory, not a file (data.manifest)")
     if not path.is_file():
         raise DataError(f"CSV manifest {path} does not exist (data.root + data.manifest)")
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:  # decode here, not in csv, to know the row
-        row = exc.object[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path}, row {row}: byte 0x{exc.object[exc.start]:02x} is not UTF-8; "
-            "save the manifest as UTF-8"
-        ) from None
+    # decoded here, not in csv, to know the row of a bad byte
+    advice = "save the manifest as UTF-8"
+    text = decode_utf8(path.read_bytes(), lambda row: f"{path}, row {row}", advice)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         return _parse_manifest(path, reader)

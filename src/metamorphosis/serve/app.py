@@ -25,7 +25,7 @@ from starlette.requests import ClientDisconnect
 from ..data import UnknownItemError
 from ..errors import MetaMorphosisError
 from ..train.remote import StaleStep
-from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, CodecError
+from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, CodecError, check_choice
 from .keys import AuthError, KeyFileError
 from .service import Forbidden, ProducerService, RequestError, UnreadableItem
 
@@ -366,15 +366,15 @@ def create_app(
         try:
             record = service.authorize(websocket.headers.get("authorization"), task)
             batches = service.id_batches(_batch_size(batch_size))
-            _check_choice("encoding", encoding, ENCODINGS)
-            _check_choice("compression", compression, COMPRESSIONS)
+            check_choice("encoding", encoding, ENCODINGS)
+            check_choice("compression", compression, COMPRESSIONS)
         except AuthError:
             await websocket.close(code=WS_UNAUTHORIZED)
             return
         except Forbidden:
             await websocket.close(code=WS_FORBIDDEN)
             return
-        except RequestError as exc:
+        except (RequestError, CodecError) as exc:
             await websocket.close(code=WS_INVALID, reason=_close_reason(exc))
             return
         started = time.perf_counter()
@@ -419,11 +419,6 @@ def _batch_size(text: str) -> int:
         return int(text)
     except ValueError:
         raise RequestError(f"batch_size must be an integer, got {text[:20]!r}") from None
-
-
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise RequestError(f"{name} must be one of {', '.join(allowed)}, got {value[:20]!r}")
 
 
 _TASK_ROUTES = ("schema", "items", "features", "stream")

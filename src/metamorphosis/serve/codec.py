@@ -59,6 +59,7 @@ __all__ = [
     "RESERVED_METADATA_KEYS",
     "MAX_HEADER_BYTES",
     "CodecError",
+    "check_choice",
     "encode_tensors",
     "decode_tensors",
     "check_gradient",
@@ -106,9 +107,10 @@ class CodecError(MetaMorphosisError):
     """A wire payload is malformed, unsupported or too large."""
 
 
-def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+def check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    """Refuse an ``encoding`` / ``compression`` not in ``allowed`` (the value cut to 20 chars)."""
     if value not in allowed:
-        raise CodecError(f"{name}={value!r} is not supported; allowed: {', '.join(allowed)}")
+        raise CodecError(f"{name} must be one of {', '.join(allowed)}, got {value[:20]!r}")
 
 
 def _quantise_int8(name: str, x: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -149,8 +151,8 @@ def encode_tensors(
         CodecError: Unknown encoding / compression, a non-floating tensor, a
             reserved or non-string metadata entry, or non-finite values with int8.
     """
-    _check_choice("encoding", encoding, ENCODINGS)
-    _check_choice("compression", compression, COMPRESSIONS)
+    check_choice("encoding", encoding, ENCODINGS)
+    check_choice("compression", compression, COMPRESSIONS)
     meta: dict[str, str] = {}
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
@@ -314,7 +316,7 @@ def decode_tensors(
             other than float32 / float16 / int8, an unknown ``encoding`` entry, or
             an int8 tensor without a valid scale.
     """
-    _check_choice("compression", compression, COMPRESSIONS)
+    check_choice("compression", compression, COMPRESSIONS)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise CodecError(f"body must be bytes; got {type(data).__name__}")
     data = bytes(data)

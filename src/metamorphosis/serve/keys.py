@@ -202,7 +202,7 @@ class _Entry:
 _WHEN = "epoch seconds (0 to year 9999)"
 _RULES = (  # field, check, what is allowed
     ("key_id", lambda v: isinstance(v, str) and _KEY_ID_RE.fullmatch(v), "12 hex digits"),
-    ("task", lambda v: isinstance(v, str) and _TASK_RE.fullmatch(v), "[A-Za-z0-9_.-]+"),
+    ("task", valid_task_name, "[A-Za-z0-9_.-]+"),
     ("sha256", lambda v: isinstance(v, str) and _SHA256_RE.fullmatch(v), "64 hex digits"),
     ("created_at", lambda v: _timestamp(v, optional=False), _WHEN),
     ("expires_at", lambda v: _timestamp(v, optional=True), f"{_WHEN} or null"),
@@ -353,7 +353,7 @@ class KeyStore:
             MetaMorphosisError: ``task`` is not a name of ``[A-Za-z0-9_.-]+`` or
                 ``ttl`` is not a number of seconds in (0, :data:`MAX_TTL`].
         """
-        if not isinstance(task, str) or not _TASK_RE.fullmatch(task):
+        if not valid_task_name(task):
             raise MetaMorphosisError(
                 f"task={task!r} is not a valid task name (letters, digits, '_', '.', '-')"
             )

@@ -18,6 +18,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from ..config import is_finite_number
 from ..errors import ConfigError
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "check_seconds",
     "check_tls",
     "listen_socket",
+    "url_of",
     "uvicorn_server",
 ]
 
@@ -55,8 +57,7 @@ def check_seconds(
     value: float, flag: str, *, zero: bool = False, maximum: float = math.inf
 ) -> None:
     """Refuse a duration outside (0, maximum] ([0, maximum] with ``zero``), NaN included."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not zero) or value > maximum:
+    if not is_finite_number(value) or value < 0 or (value == 0 and not zero) or value > maximum:
         low = ">= 0" if zero else "> 0"
         high = "" if math.isinf(maximum) else f" and <= {maximum:.0f}"
         raise ConfigError(
@@ -111,6 +112,12 @@ def check_tls(certfile: str | None, keyfile: str | None) -> None:
             f"--ssl-certfile {certfile!r} / --ssl-keyfile {keyfile!r} cannot be loaded "
             f"({detail}): expected a PEM certificate and its unencrypted PEM private key"
         ) from exc
+
+
+def url_of(sock: socket.socket, host: str, *, tls: bool) -> str:
+    """The base URL a listening socket answers on (its real port; IPv6 hosts bracketed)."""
+    where = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{where}:{sock.getsockname()[1]}"
 
 
 def _bind_error(host: str, port: int, flag: str, exc: OSError) -> ConfigError:

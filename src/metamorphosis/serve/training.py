@@ -28,7 +28,7 @@ from ..train.remote import StaleStep, TrainingHub
 from .app import BODY_TIMEOUT, base_app
 from .codec import MEDIA_TYPE, CodecError, check_gradient, decode_tensors, encode_tensors
 from .keys import KeyStore
-from .listen import HEADER_TIMEOUT, check_tls, listen_socket, uvicorn_server
+from .listen import HEADER_TIMEOUT, check_tls, listen_socket, url_of, uvicorn_server
 from .service import authorize
 
 __all__ = ["STATE_HEADER", "create_training_app", "TrainingServer"]
@@ -127,8 +127,7 @@ class TrainingServer:
         check_tls(ssl_certfile, ssl_keyfile)
         self._socket = listen_socket(host, port)
         port = self._socket.getsockname()[1]
-        where = f"[{host}]" if ":" in host else host  # an IPv6 address
-        self.url = f"{'https' if ssl_certfile else 'http'}://{where}:{port}"
+        self.url = url_of(self._socket, host, tls=ssl_certfile is not None)
         self._server = uvicorn_server(
             create_training_app(
                 hub, keys, max_body_bytes=max_body_bytes, body_timeout=body_timeout
