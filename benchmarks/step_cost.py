@@ -22,11 +22,10 @@ import time
 import warnings
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 
 from metamorphosis.config import config_from_dict
 from metamorphosis.models.producer import build_heads, build_network, build_producer, freeze
+from metamorphosis.privacy.engine import DPEngine, PlannedPhase
 from metamorphosis.train.split import Consumer, producer_step
 
 
@@ -98,13 +97,15 @@ def dp_ratio(encoder: str, size: int, batch: int, rounds: int, per_round: int) -
     encoder_params = list(producer.encoder.parameters())
     plain_optimizer = torch.optim.AdamW(encoder_params, lr=1e-4)
 
-    dp_producer = GradSampleModule(producer, loss_reduction="mean")
-    dp_optimizer = DPOptimizer(
-        torch.optim.AdamW(encoder_params, lr=1e-4),
+    engine = DPEngine(  # the trainer's DP wiring, as a DP phase of a run uses it
+        config.privacy,
+        [PlannedPhase("encoder", True, 1)],
+        train_size=100 * batch,
+        batch_size=batch,
+        steps_per_epoch=1,
         noise_multiplier=1.0,
-        max_grad_norm=1.2,
-        expected_batch_size=batch,
     )
+    dp_producer, dp_optimizer = engine.wrap(producer, torch.optim.AdamW(encoder_params, lr=1e-4))
 
     def plain_step():
         dp_producer.disable_hooks()

@@ -53,7 +53,8 @@ def test_configs_are_frozen():
         ({**MINIMAL, "privacy": {"mode": "task"}}, "at least two"),
         ({**MINIMAL, "private_attributes": [{"name": "smile"}]}, "unique"),
         ({**MINIMAL, "data": {"image_size": [64]}}, "data.image_size"),
-        ({**MINIMAL, "extra": {}}, "unknown section"),
+        ({**MINIMAL, "extra": []}, "extra must be a mapping, got list"),
+        ({**MINIMAL, 3: {}}, "unknown section"),
     ],
 )
 def test_bad_values_name_the_key(raw, message):

@@ -24,6 +24,8 @@ INTERRUPTED = 130  # typer turns Ctrl-C into this exit code
 # The parser's exceptions: typer >= 0.29 vendors click as typer._click, older ones use click.
 _click: Any = getattr(typer.core, "_click", None) or getattr(typer.core, "click")  # noqa: B009
 _NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
+# typer's vendored click keeps Abort in typer.exceptions; click proper in click.exceptions
+_Abort = getattr(_click.exceptions, "Abort", None) or typer.Abort
 
 
 class _OneLineErrors(TyperGroup):
@@ -46,7 +48,7 @@ class _OneLineErrors(TyperGroup):
             sys.exit(exc.exit_code)
         except _click.exceptions.ClickException as exc:
             sys.exit(_usage_error(exc))
-        except _click.exceptions.Abort:
+        except _Abort:
             typer.echo("Aborted!", err=True)
             sys.exit(1)
         if code == INTERRUPTED:
@@ -308,9 +310,10 @@ def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen)
     from .serve.listen import check_tls
     from .serve.server import KEYS_FILE, check_bind
     from .serve.training import TrainingServer
+    from .train.methods import resolve_method
     from .train.remote import TrainingHub, check_remote_method
 
-    check_remote_method(config.method)
+    check_remote_method(resolve_method(config))
     check_tls(listen.ssl_certfile, listen.ssl_keyfile)
     check_bind(listen.host, tls=listen.ssl_certfile is not None, insecure=listen.insecure)
     keys = KeyStore(out / KEYS_FILE)

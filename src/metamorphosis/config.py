@@ -25,10 +25,9 @@ __all__ = [
     "CLASSIFICATION_KINDS",
     "DENSE_KINDS",
     "PRIVACY_MODES",
-    "METHODS",
+    "PER_TASK_MODULES_METHOD",
+    "method_section",
     "MAX_TARGET_EPSILON",
-    "DeepObfuscatorConfig",
-    "KDMTLConfig",
     "LabelSpec",
     "DataConfig",
     "ModelConfig",
@@ -42,14 +41,17 @@ __all__ = [
     "apply_overrides",
     "data_root_from_env",
     "is_finite_number",
+    "check_positive",
+    "check_int",
+    "build_section",
 ]
 
 CLASSIFICATION_KINDS = ("binary", "multiclass")
 DENSE_KINDS = ("segmentation", "depth", "normals")
 LABEL_KINDS = CLASSIFICATION_KINDS + DENSE_KINDS
 PRIVACY_MODES = ("none", "task", "input", "both")
-METHODS = ("metamorphosis", "universal", "deepobfuscator", "kd-mtl")
-BASELINE_METHODS = ("universal", "deepobfuscator", "kd-mtl")  # no DP, no SSIM term
+#: The one method that trains a module per task (the paper's); see ``Config.module_kind``.
+PER_TASK_MODULES_METHOD = "metamorphosis"
 ACCOUNTANTS = ("prv", "rdp")
 SIMILARITIES = ("ssim", "ms-ssim")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -88,13 +90,13 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
+def check_positive(key: str, value: Any, *, allow_zero: bool = False) -> None:
     """A finite number > 0 (or >= 0); NaN and ±inf are refused: no key gives them a meaning."""
     if not is_finite_number(value) or value < 0 or (value == 0 and not allow_zero):
         raise _fail(key, value, "a finite number >= 0" if allow_zero else "a finite number > 0")
 
 
-def _check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+def check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
     if not ok or (maximum is not None and value > maximum):
         allowed = f"an integer >= {minimum}"
@@ -156,8 +158,8 @@ class LabelSpec:
         if self.kind == "binary":
             object.__setattr__(self, "num_classes", 2)
         if self.num_classes is not None:
-            _check_int(f"{self.name}.num_classes", self.num_classes, minimum=2)
-        _check_positive(f"{self.name}.weight", self.weight)
+            check_int(f"{self.name}.num_classes", self.num_classes, minimum=2)
+        check_positive(f"{self.name}.weight", self.weight)
 
     @property
     def is_dense(self) -> bool:
@@ -220,8 +222,8 @@ class DataConfig:
             _check_fraction(f"data.{key}", getattr(self, key), 0.0, 0.5, low_open=False)
         for key in ("max_train", "max_eval"):
             if getattr(self, key) is not None:
-                _check_int(f"data.{key}", getattr(self, key), minimum=1)
-        _check_int("data.num_samples", self.num_samples, minimum=8, maximum=MAX_SAMPLES)
+                check_int(f"data.{key}", getattr(self, key), minimum=1)
+        check_int("data.num_samples", self.num_samples, minimum=8, maximum=MAX_SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -245,9 +247,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_text_fields(self, "model.")
-        _check_int("model.split_index", self.split_index, minimum=1)
-        _check_int("model.groups", self.groups, minimum=1)
-        _check_int("model.reduction", self.reduction, minimum=1)
+        check_int("model.split_index", self.split_index, minimum=1)
+        check_int("model.groups", self.groups, minimum=1)
+        check_int("model.reduction", self.reduction, minimum=1)
         _check_choice("model.norm", self.norm, NORMS)
 
 
@@ -280,16 +282,16 @@ class PrivacyConfig:
         if self.target_epsilon is not None:
             _check_target_epsilon(self.target_epsilon)
         if self.noise_multiplier is not None:
-            _check_positive("privacy.noise_multiplier", self.noise_multiplier)
+            check_positive("privacy.noise_multiplier", self.noise_multiplier)
         if self.uses_dp and self.target_epsilon is None and self.noise_multiplier is None:
             raise ConfigError(
                 f"privacy.mode={self.mode!r} uses DP-SGD: set privacy.target_epsilon "
                 "or privacy.noise_multiplier"
             )
         _check_fraction("privacy.delta", self.delta, 0.0, 1.0, low_open=True)
-        _check_positive("privacy.max_grad_norm", self.max_grad_norm)
-        _check_positive("privacy.omega", self.omega, allow_zero=True)
-        _check_positive("privacy.ssim_data_range", self.ssim_data_range)
+        check_positive("privacy.max_grad_norm", self.max_grad_norm)
+        check_positive("privacy.omega", self.omega, allow_zero=True)
+        check_positive("privacy.ssim_data_range", self.ssim_data_range)
 
     @property
     def uses_dp(self) -> bool:
@@ -329,59 +331,20 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("train.epochs", self.epochs, minimum=1)
+        check_int("train.epochs", self.epochs, minimum=1)
         if self.encoder_epochs is not None:
-            _check_int("train.encoder_epochs", self.encoder_epochs, minimum=1)
-        _check_int("train.batch_size", self.batch_size, minimum=1)
-        _check_positive("train.lr", self.lr)
+            check_int("train.encoder_epochs", self.encoder_epochs, minimum=1)
+        check_int("train.batch_size", self.batch_size, minimum=1)
+        check_positive("train.lr", self.lr)
         if self.head_lr is not None:
-            _check_positive("train.head_lr", self.head_lr)
+            check_positive("train.head_lr", self.head_lr)
         _check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
-        _check_positive("train.weight_decay", self.weight_decay, allow_zero=True)
-        _check_int("train.seed", self.seed, minimum=0, maximum=MAX_SEED)
+        check_positive("train.weight_decay", self.weight_decay, allow_zero=True)
+        check_int("train.seed", self.seed, minimum=0, maximum=MAX_SEED)
         _check_choice("train.device", self.device, DEVICES)
         if self.max_steps_per_epoch is not None:
-            _check_int("train.max_steps_per_epoch", self.max_steps_per_epoch, minimum=1)
-        _check_int("train.num_workers", self.num_workers, minimum=0, maximum=MAX_WORKERS)
-
-
-@dataclass(frozen=True)
-class DeepObfuscatorConfig:
-    """Weights of ``method: deepobfuscator`` (Li et al., IoTDI 2021).
-
-    The encoder minimises the task losses plus ``reconstruction_weight`` ×
-    SSIM(x, D(E(x))) (the adversary decoder's reconstruction should look
-    unlike the input) plus ``attribute_weight`` × the negative entropy of the
-    adversary's private-attribute prediction (it should be uninformed). The
-    adversaries train on detached features, ``adversary_lr`` for their Adam.
-    """
-
-    reconstruction_weight: float = 1.0
-    attribute_weight: float = 1.0
-    adversary_lr: float = 1e-3
-
-    def __post_init__(self) -> None:
-        _check_positive(
-            "deepobfuscator.reconstruction_weight", self.reconstruction_weight, allow_zero=True
-        )
-        _check_positive("deepobfuscator.attribute_weight", self.attribute_weight, allow_zero=True)
-        _check_positive("deepobfuscator.adversary_lr", self.adversary_lr)
-
-
-@dataclass(frozen=True)
-class KDMTLConfig:
-    """``method: kd-mtl`` (Li & Bilen, ECCV-W 2020): single-task teachers, then a
-    multi-task student whose per-task 1×1 adaptors align its shared features
-    to each teacher's (L2 between channel-normalised maps, × ``distill_weight``).
-    ``teacher_epochs`` defaults to ``train.epochs``."""
-
-    teacher_epochs: int | None = None
-    distill_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.teacher_epochs is not None:
-            _check_int("kd_mtl.teacher_epochs", self.teacher_epochs, minimum=1)
-        _check_positive("kd_mtl.distill_weight", self.distill_weight, allow_zero=True)
+            check_int("train.max_steps_per_epoch", self.max_steps_per_epoch, minimum=1)
+        check_int("train.num_workers", self.num_workers, minimum=0, maximum=MAX_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -396,21 +359,14 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: str = "metamorphosis"
-    deepobfuscator: DeepObfuscatorConfig = field(default_factory=DeepObfuscatorConfig)
-    kd_mtl: KDMTLConfig = field(default_factory=KDMTLConfig)
+    #: Options sections of training methods, as written (``deepobfuscator: {...}``), by
+    #: section name. The method registry (:mod:`metamorphosis.train.methods`) owns their
+    #: schema and checks them when training starts: reading a run dir never needs it.
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_choice("method", self.method, METHODS)
-        if self.method in BASELINE_METHODS and self.privacy.mode != "none":
-            raise ConfigError(
-                f"method={self.method!r} trains without DP-SGD or the SSIM term: "
-                f"set privacy.mode=none (got {self.privacy.mode!r})"
-            )
-        if self.method == "deepobfuscator" and not self.private_attributes:
-            raise ConfigError(
-                "method='deepobfuscator' trains against private attributes: "
-                "name at least one in private_attributes"
-            )
+        if not isinstance(self.method, str) or not self.method:
+            raise ConfigError(f"method={self.method!r} is invalid: expected a method name")
         if not self.tasks:
             raise ConfigError("tasks is empty: name at least one public task")
         names = [spec.name for spec in self.all_labels]
@@ -437,8 +393,19 @@ class Config:
 
     @property
     def module_kind(self) -> str:
-        """Mode ``none`` and the baselines publish one shared feature: identity modules."""
-        return "identity" if self.privacy.mode == "none" else self.model.module
+        """The modules the producer is built with.
+
+        Per-task modules are the paper's method; in mode ``none`` it publishes the
+        encoder output (universal features), and every other method publishes one
+        shared map: identity modules.
+        """
+        if self.privacy.mode == "none" or self.method != PER_TASK_MODULES_METHOD:
+            return "identity"
+        return self.model.module
+
+    def options_section(self, section: str) -> Mapping[str, Any]:
+        """The options a config gives for ``section`` (``{}`` when it has none)."""
+        return self.method_options.get(section) or {}
 
     def with_label_classes(self, num_classes: Mapping[str, int]) -> Config:
         """Fill ``num_classes`` of multiclass / segmentation labels from the data."""
@@ -466,13 +433,14 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "privacy": PrivacyConfig,
     "train": TrainConfig,
-    "deepobfuscator": DeepObfuscatorConfig,
-    "kd_mtl": KDMTLConfig,
 }
 _SCALARS = ("method",)  # top-level keys that are plain values, not sections
+#: The top-level keys every config shares; any other is a training method's options.
+CORE_KEYS = frozenset({*_SECTIONS, *_SCALARS, "tasks", "private_attributes"})
 
 
-def _build_section(name: str, cls: type, raw: Any) -> Any:
+def build_section(name: str, cls: type, raw: Any) -> Any:
+    """The frozen dataclass ``cls`` from the config section ``name``, every key checked."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -515,7 +483,7 @@ def _build_labels(name: str, raw: Any) -> tuple[LabelSpec, ...]:
 
 def _build_label(key: str, raw: Any) -> LabelSpec:
     try:
-        return _build_section(key, LabelSpec, raw)
+        return build_section(key, LabelSpec, raw)
     except ConfigError as exc:
         message = str(exc)  # LabelSpec names keys by label name; say which list item too
         raise ConfigError(message if message.startswith(key) else f"{key}: {message}") from exc
@@ -525,23 +493,52 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from plain data (parsed YAML)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the config must be a mapping of sections")
-    allowed = set(_SECTIONS) | set(_SCALARS) | {"tasks", "private_attributes"}
-    unknown = sorted(set(raw) - allowed, key=str)
-    if unknown:
-        raise ConfigError(f"unknown section(s): {unknown}; allowed: {sorted(allowed)}")
-    sections = {name: _build_section(name, cls, raw.get(name)) for name, cls in _SECTIONS.items()}
+    sections = {name: build_section(name, cls, raw.get(name)) for name, cls in _SECTIONS.items()}
     scalars = {name: raw[name] for name in _SCALARS if name in raw}
     return Config(
         tasks=_build_labels("tasks", raw.get("tasks")),
         private_attributes=_build_labels("private_attributes", raw.get("private_attributes")),
+        method_options=_method_sections(raw),
         **sections,
         **scalars,
     )
 
 
+def _method_sections(raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+    """Every other top-level entry: a training method's options section, kept as written.
+
+    Which names are methods' sections is the method registry's to say when training
+    starts (:func:`metamorphosis.train.methods.resolve_method`): an unknown one is
+    refused there, with the list of the valid ones.
+    """
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in raw.items():
+        if name in CORE_KEYS:
+            continue
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(
+                f"unknown section(s): {[name]}; allowed: {sorted(CORE_KEYS)} and the "
+                "training methods' options sections"
+            )
+        if value is not None and not isinstance(value, Mapping):
+            raise ConfigError(f"{name} must be a mapping, got {type(value).__name__}")
+        sections[name] = dict(value or {})
+    return sections
+
+
 def config_to_dict(config: Config) -> dict[str, Any]:
-    """Plain data (JSON / YAML safe) for a config; inverse of :func:`config_from_dict`."""
-    return _lists_for_tuples(dataclasses.asdict(config))
+    """Plain data (JSON / YAML safe) for a config; inverse of :func:`config_from_dict`.
+
+    Methods' options sections sit at the top level, as in the YAML.
+    """
+    raw = _lists_for_tuples(dataclasses.asdict(config))
+    raw.update(raw.pop("method_options"))
+    return raw
+
+
+def method_section(method: str) -> str:
+    """The options section of a training method: its name, ``-`` as ``_`` (``kd_mtl``)."""
+    return method.replace("-", "_")
 
 
 def same_config(a: Config, b: Config) -> bool:
@@ -553,8 +550,13 @@ def same_config(a: Config, b: Config) -> bool:
     points and the paper-table harness all decide "may I reuse this?" here.
     """
     left, right = config_to_dict(a), config_to_dict(b)
-    for raw in (left, right):
+    for raw, config in ((left, a), (right, b)):
         raw["train"]["device"] = None
+        # only the chosen method's options train anything (older run.json files list
+        # every built-in method's section)
+        for section in config.method_options:
+            if section != method_section(config.method):
+                del raw[section]
     for key in ("tasks", "private_attributes"):
         for mine, theirs in zip(left[key], right[key], strict=False):  # lengths: compared below
             if mine["num_classes"] is None or theirs["num_classes"] is None:

@@ -20,7 +20,8 @@ from .errors import ConfigError, RunDirError
 from .privacy.accounting import DPPhase
 from .rundir import HEADS_FILE, PRODUCER_FILE, read_run_json, read_weights, write_run
 from .train.checkpoint import CHECKPOINT_NAME
-from .train.loop import PhasePlan, Trainer
+from .train.loop import Trainer
+from .train.methods import PhasePlan, resolve_method
 from .train.remote import TrainingHub
 
 __all__ = ["train_run", "add_task", "demo_config", "DEMO_CONFIG_PATH"]
@@ -49,6 +50,7 @@ def train_run(
     other processes (see :mod:`metamorphosis.serve.training`).
     """
     _check_device(config)
+    resolve_method(config)  # the method, its options and rules, before any data is read
     labels = config.all_labels
     data = build_datasets(config.data, labels, seed=config.train.seed, root=data_root)
     config = config.with_label_classes(data.num_classes)
@@ -161,7 +163,7 @@ def _check_device(config: Config) -> None:
 
 
 def _check_addable(config: Config, spec: LabelSpec) -> None:
-    if config.method != "metamorphosis" or config.privacy.mode == "none":
+    if not resolve_method(config).add_task or config.module_kind == "identity":
         raise ConfigError(
             f"add-task needs a MetaMorphosis run with task modules; this run is "
             f"method={config.method!r}, privacy.mode={config.privacy.mode!r} (one shared "

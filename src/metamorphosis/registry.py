@@ -63,6 +63,11 @@ class Registry(Generic[T]):
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plugin's tests register throwaway entries and remove them)."""
+        self.get(name)  # an unknown name fails as a lookup does
+        del self._builders[name]
+
     def get(self, name: str) -> Callable[..., T]:
         """The builder registered under ``name``.
 

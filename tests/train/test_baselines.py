@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,15 +17,10 @@ from metamorphosis.errors import ConfigError
 from metamorphosis.experiment import train_run
 from metamorphosis.losses.ssim import ssim_per_sample
 from metamorphosis.train import checkpoint as checkpoint_module
-from metamorphosis.train.baselines import (
-    Auxiliary,
-    Teacher,
-    deepobfuscator_step,
-    distill_step,
-    prediction_entropy,
-    teachers_step,
-)
 from metamorphosis.train.loop import plan_phases
+from metamorphosis.train.methods import PhasePlan, StepInputs, TrainingState, resolve_method
+from metamorphosis.train.methods.deepobfuscator import prediction_entropy
+from metamorphosis.train.methods.kd_mtl import Teacher
 from metamorphosis.train.split import ConsumerReply
 from tiny import tiny_config_dict
 
@@ -35,31 +31,56 @@ def _method(method: str, **train) -> dict:
     return raw
 
 
+def _resolved(raw: dict):
+    return resolve_method(config_from_dict(raw))
+
+
 def test_method_is_checked_against_the_privacy_mode_and_the_labels():
-    assert config_from_dict(tiny_config_dict("both")).method == "metamorphosis"
-    with pytest.raises(ConfigError, match="method='sparse' is invalid"):
-        config_from_dict(_method("sparse"))
-    with pytest.raises(ConfigError, match="set privacy.mode=none"):
-        config_from_dict({**tiny_config_dict("both"), "method": "kd-mtl"})
+    assert _resolved(tiny_config_dict("both")).name == "metamorphosis"
+    with pytest.raises(ConfigError, match="method='sparse' is invalid: expected one of "):
+        _resolved(_method("sparse"))
+    with pytest.raises(ConfigError, match="one shared feature map.*set privacy.mode=none or input"):
+        _resolved({**tiny_config_dict("both"), "method": "kd-mtl"})
     no_private = {**_method("deepobfuscator"), "private_attributes": []}
     with pytest.raises(ConfigError, match="at least one in private_attributes"):
-        config_from_dict(no_private)
-    raw = apply_overrides(tiny_config_dict("none"), ["method=universal", "kd_mtl.distill_weight=2"])
-    config = config_from_dict(raw)
-    assert (config.method, config.kd_mtl.distill_weight) == ("universal", 2)
+        _resolved(no_private)
+    raw = apply_overrides(tiny_config_dict("none"), ["method=kd-mtl", "kd_mtl.distill_weight=2"])
+    assert _resolved(raw).options.distill_weight == 2
     with pytest.raises(ConfigError, match="deepobfuscator.attribute_weight"):
-        config_from_dict({**_method("deepobfuscator"), "deepobfuscator": {"attribute_weight": -1}})
+        _resolved({**_method("deepobfuscator"), "deepobfuscator": {"attribute_weight": -1}})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in kd_mtl: \['distil'\]"):
+        _resolved({**_method("kd-mtl"), "kd_mtl": {"distil": 1}})
+    with pytest.raises(ConfigError, match=r"unknown section\(s\): \['trian'\]; allowed: "):
+        _resolved({**_method("universal"), "trian": {"epochs": 1}})
 
 
 def test_each_method_plans_its_phases():
-    def kinds(raw):
-        return [(p.name, p.kind, p.dp) for p in plan_phases(config_from_dict(raw))]
+    def phases(raw):
+        return [(p.name, p.dp) for p in plan_phases(config_from_dict(raw))]
 
-    assert kinds(_method("universal")) == [("joint", "split", False)]
-    assert kinds(_method("deepobfuscator")) == [("adversarial", "adversarial", False)]
+    assert phases(_method("universal")) == [("joint", False)]
+    assert phases(_method("deepobfuscator")) == [("adversarial", False)]
     kd = {**_method("kd-mtl"), "kd_mtl": {"teacher_epochs": 3}}
-    assert kinds(kd) == [("teachers", "teachers", False), ("student", "student", False)]
+    assert phases(kd) == [("teachers", False), ("student", False)]
     assert [p.epochs for p in plan_phases(config_from_dict(kd))] == [3, 2]
+    universal_dp = {**tiny_config_dict("input"), "method": "universal"}
+    assert phases(universal_dp) == [("joint", True)]  # its step is per-sample: DP is allowed
+
+
+def _deepobfuscator(decoder: nn.Module, optimizer, private_heads: dict, private: bool = True):
+    """The method for one task, ``shape``, with a stand-in decoder and attacker (of
+    ``background``, or none), images normalised as ``2x - 1``."""
+    raw = {**_method("deepobfuscator"), "tasks": [{"name": "shape", "kind": "binary"}]}
+    method = _resolved(raw)  # checked with its private attribute; the step may train without
+    if not private:
+        method.config = dataclasses.replace(method.config, private_attributes=())
+    method.state = TrainingState(nn.ModuleDict({"decoder": decoder}), {"decoder": optimizer})
+    method.private_heads = private_heads
+    method.to_pixels = lambda images: (images + 1) / 2
+    return method
+
+
+_SHAPE_ONLY = PhasePlan("adversarial", ("shape",), True, False, 0.0, 1)
 
 
 def test_prediction_entropy_matches_the_definition():
@@ -99,10 +120,9 @@ def test_deepobfuscator_moves_the_encoder_away_from_both_adversaries():
     producer = _Producer()
     decoder = nn.Sequential(nn.Conv2d(4, 3, 1), nn.Sigmoid())
     attacker = nn.Sequential(nn.Flatten(), nn.Linear(4 * 8 * 8, 1))
-    auxiliary = Auxiliary(
-        nn.ModuleDict({"decoder": decoder}), {"decoder": torch.optim.SGD(decoder.parameters(), 0)}
+    method = _deepobfuscator(
+        decoder, torch.optim.SGD(decoder.parameters(), 0), {"background": attacker}
     )
-    task, private = LabelSpec("shape", kind="binary"), LabelSpec("gender", kind="binary")
     pixels = torch.rand(16, 3, 8, 8)
     images = pixels * 2 - 1  # normalised as the datasets do
 
@@ -115,21 +135,11 @@ def test_deepobfuscator_moves_the_encoder_away_from_both_adversaries():
             )
 
     before = similarity_and_entropy()
+    optimizer = torch.optim.SGD(producer.parameters(), lr=0.05)
+    targets = {"shape": torch.zeros(16), "background": torch.zeros(16)}
+    consumers = {"shape": _SilentConsumer(), "background": _SilentConsumer(attacker)}
     for _ in range(5):
-        deepobfuscator_step(
-            producer,
-            torch.optim.SGD(producer.parameters(), lr=0.05),
-            auxiliary,
-            images,
-            {"shape": torch.zeros(16), "gender": torch.zeros(16)},
-            {"shape": _SilentConsumer(), "gender": _SilentConsumer(attacker)},
-            [task],
-            [private],
-            {"gender": attacker},
-            pixels=pixels,
-            reconstruction_weight=1.0,
-            attribute_weight=1.0,
-        )
+        method.step(_SHAPE_ONLY, StepInputs(producer, optimizer, images, targets, consumers))
     after = similarity_and_entropy()
     assert after[0] < before[0]  # the fixed decoder reconstructs worse
     assert after[1] > before[1]  # the fixed attacker is less sure
@@ -139,28 +149,19 @@ def test_the_deepobfuscator_adversary_decoder_learns_to_reconstruct():
     torch.manual_seed(0)
     producer = _Producer(kernel_size=1)  # invertible per pixel: a 1×1 decoder can undo it
     decoder = nn.Sequential(nn.Conv2d(4, 3, 1), nn.Sigmoid())
-    auxiliary = Auxiliary(
-        nn.ModuleDict({"decoder": decoder}),
-        {"decoder": torch.optim.Adam(decoder.parameters(), lr=0.05)},
-    )
+    adam = torch.optim.Adam(decoder.parameters(), lr=0.05)
+    method = _deepobfuscator(decoder, adam, {}, private=False)
     pixels = torch.rand(16, 3, 8, 8)
     images = pixels * 2 - 1  # normalised as the datasets do; the decoder targets pixels
+    inputs = StepInputs(
+        producer,
+        torch.optim.SGD(producer.parameters(), lr=0.0),
+        images,
+        {"shape": torch.zeros(16)},
+        {"shape": _SilentConsumer()},
+    )
     losses = [
-        deepobfuscator_step(
-            producer,
-            torch.optim.SGD(producer.parameters(), lr=0.0),
-            auxiliary,
-            images,
-            {"shape": torch.zeros(16)},
-            {"shape": _SilentConsumer()},
-            [LabelSpec("shape", kind="binary")],
-            [],
-            {},
-            pixels=pixels,
-            reconstruction_weight=1.0,
-            attribute_weight=1.0,
-        ).losses["adversary_reconstruction"]
-        for _ in range(100)
+        method.step(_SHAPE_ONLY, inputs).losses["adversary_reconstruction"] for _ in range(100)
     ]
     mean_guess = float(((pixels - pixels.mean()) ** 2).mean())
     assert losses[-1] < 0.3 * mean_guess  # far better than guessing the mean pixel
@@ -171,7 +172,8 @@ def test_kd_mtl_teachers_learn_and_the_student_moves_towards_them():
     spec = LabelSpec("large", kind="binary")
     teacher = Teacher(nn.Conv2d(3, 4, 3, padding=1), nn.Sequential(nn.Flatten(), nn.Linear(256, 1)))
     adaptor = nn.Conv2d(4, 4, 1)
-    auxiliary = Auxiliary(
+    method = _resolved({**_method("kd-mtl"), "tasks": [{"name": "large", "kind": "binary"}]})
+    method.state = TrainingState(
         nn.ModuleDict(
             {
                 "teachers": nn.ModuleDict({"large": teacher}),
@@ -181,26 +183,15 @@ def test_kd_mtl_teachers_learn_and_the_student_moves_towards_them():
         {"teacher/large": torch.optim.Adam(teacher.parameters(), lr=0.01)},
     )
     images, labels = torch.rand(16, 3, 8, 8), (torch.rand(16) > 0.5).float()
-    teacher_losses = [
-        teachers_step(auxiliary, images, {"large": labels}, [spec]).losses["teacher_large"]
-        for _ in range(20)
-    ]
-    assert teacher_losses[-1] < 0.5 * teacher_losses[0]
+    teachers, student = method.phases()
     producer = _Producer()
     optimizer = torch.optim.Adam([*producer.parameters(), *adaptor.parameters()], lr=0.01)
-    distances = [
-        distill_step(
-            producer,
-            optimizer,
-            auxiliary,
-            images,
-            {"large": labels},
-            {"large": _SilentConsumer()},
-            [spec],
-            distill_weight=1.0,
-        ).losses["distill"]
-        for _ in range(20)
-    ]
+    inputs = StepInputs(producer, optimizer, images, {"large": labels}, {})
+    teacher_losses = [method.step(teachers, inputs).losses["teacher_large"] for _ in range(20)]
+    assert teacher_losses[-1] < 0.5 * teacher_losses[0]
+    inputs.consumers = {"large": _SilentConsumer()}
+    student = dataclasses.replace(student, labels=(spec.name,))
+    distances = [method.step(student, inputs).losses["distill"] for _ in range(20)]
     assert distances[-1] < 0.5 * distances[0]
 
 

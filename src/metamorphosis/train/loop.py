@@ -1,21 +1,15 @@
-"""Training phases of Algorithm 2 (MetaMorphosis, IoTDI 2023).
+"""The trainer: runs a training method's phases into a run dir, resuming when it can.
 
-``privacy.mode`` picks the phases:
-
-* ``none``  — one joint phase, universal features (identity modules), no DP;
-* ``task``  — one joint phase with ω·Σ_{i≠j} SSIM(g_i, g_j), no DP;
-* ``input`` — one joint phase, DP-SGD on encoder + modules, no SSIM term;
-* ``both``  — phase ``encoder``: DP encoder trained with the private-attribute
-  classifiers (the public tasks when there are none); phase ``modules``: every
-  module trained with the SSIM term against every other (public and private),
-  encoder frozen unless ``privacy.freeze_encoder`` is false, updates still DP.
-
-The baselines (``method``, see :mod:`.baselines`) run through the same loop:
-``universal`` is mode ``none``; ``deepobfuscator`` is one ``adversarial``
-phase; ``kd-mtl`` is phase ``teachers`` then phase ``student``. Adding a task
-to a finished run (:func:`metamorphosis.experiment.add_task`) is one more
-phase that trains only the new module, with the SSIM term against the frozen
-existing modules.
+What is trained, and how, belongs to the method (:mod:`.methods`: the paper's
+``metamorphosis`` with its privacy modes, ``universal``, ``deepobfuscator``,
+``kd-mtl``, or one registered by the user). The trainer runs the method's
+phases epoch by epoch: batches (Poisson-sampled in DP phases), the producer's
+optimiser (wrapped for DP-SGD by :class:`~metamorphosis.privacy.engine.DPEngine`
+in DP phases), the consumers (local heads, or remote ones over HTTP), logging
+to ``metrics.jsonl``, validation, atomic checkpoints and the final test
+evaluation. Adding a task to a finished run
+(:func:`metamorphosis.experiment.add_task`) is one more phase that trains only
+the new module, with the SSIM term against the frozen existing modules.
 
 All DP phases share one noise multiplier and sample rate, calibrated so the
 composition of every DP step meets ``target_epsilon``. Heads (consumers) are
@@ -32,17 +26,14 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..config import Config, config_from_dict, config_to_dict, same_config
@@ -51,17 +42,13 @@ from ..errors import CheckpointError, ConfigError, DataError, MetaMorphosisError
 from ..io import atomic_write, json_safe, remove_stale_temporaries
 from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
-from ..privacy.accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
-from .baselines import (
-    build_auxiliary,
-    deepobfuscator_step,
-    distill_step,
-    teachers_step,
-)
+from ..privacy.accounting import DPPhase
+from ..privacy.engine import DPEngine, PlannedPhase
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
+from .methods import MethodContext, PhasePlan, StepInputs, resolve_method
 from .remote import RemoteConsumer, TrainingHub, check_remote_method
-from .split import Consumer, ConsumerLike, StepResult, producer_step
+from .split import Consumer, ConsumerLike, StepResult
 
 __all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer"]
 
@@ -91,75 +78,9 @@ _STATE_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class PhasePlan:
-    """What one phase trains: which labels, which producer parts, DP or not.
-
-    ``kind`` picks the step: ``split`` (:func:`~.split.producer_step`) or a
-    baseline's (:mod:`.baselines`). ``compared`` names frozen modules whose
-    features also enter the SSIM term (the existing ones when adding a task).
-    """
-
-    name: str
-    labels: tuple[str, ...]
-    train_encoder: bool
-    dp: bool
-    omega: float
-    epochs: int
-    kind: str = "split"
-    compared: tuple[str, ...] = ()
-
-
-#: What each phase kind's extra loss term is called in metrics.jsonl (teachers have none).
-EXTRA_TERM_NAMES = {
-    "split": "ssim_term",
-    "adversarial": "adversarial_term",
-    "student": "distill_term",
-}
-
-
 def plan_phases(config: Config) -> list[PhasePlan]:
-    """The phases of Algorithm 2 for ``config.privacy.mode``, or of a baseline ``method``."""
-    privacy, train = config.privacy, config.train
-    everyone = tuple(spec.name for spec in config.all_labels)
-    public = tuple(spec.name for spec in config.tasks)
-    if config.method == "deepobfuscator":
-        return [PhasePlan("adversarial", everyone, True, False, 0.0, train.epochs, "adversarial")]
-    if config.method == "kd-mtl":
-        teacher_epochs = config.kd_mtl.teacher_epochs or train.epochs
-        return [
-            PhasePlan("teachers", public, False, False, 0.0, teacher_epochs, "teachers"),
-            PhasePlan("student", everyone, True, False, 0.0, train.epochs, "student"),
-        ]
-    if privacy.mode == "both":
-        private = tuple(spec.name for spec in config.private_attributes)
-        encoder_phase = PhasePlan(
-            name="encoder",
-            labels=private or public,
-            train_encoder=True,
-            dp=True,
-            omega=0.0,
-            epochs=train.encoder_epochs or train.epochs,
-        )
-        modules_phase = PhasePlan(
-            name="modules",
-            labels=everyone,
-            train_encoder=not privacy.freeze_encoder,
-            dp=True,
-            omega=privacy.omega,
-            epochs=train.epochs,
-        )
-        return [encoder_phase, modules_phase]
-    omega = privacy.omega if privacy.mode == "task" else 0.0
-    joint = PhasePlan(
-        name="joint",
-        labels=everyone,
-        train_encoder=True,
-        dp=privacy.mode == "input",
-        omega=omega,
-        epochs=train.epochs,
-    )
-    return [joint]
+    """The phases ``config.method`` trains (for the paper's method: by ``privacy.mode``)."""
+    return resolve_method(config).phases()
 
 
 @dataclass
@@ -276,23 +197,6 @@ class _WithIndex(Dataset):
         return image, labels, index
 
 
-class _NonEmptyBatches(Sampler[list[int]]):
-    """Poisson batches with the (rare) empty draws dropped.
-
-    An empty draw is still a DP step for the accountant (the sampler made
-    it); it just has nothing to train on.
-    """
-
-    def __init__(self, sampler: UniformWithReplacementSampler):
-        self.sampler = sampler
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return (list(batch) for batch in self.sampler if len(batch) > 0)
-
-
 def _size(dataset: Dataset) -> int:
     """Our splits all have a length; torch's ``Dataset`` type does not promise one."""
     return len(cast(Sized, dataset))
@@ -358,9 +262,15 @@ class Trainer:
             config, self.network, data.input_shape, preprocess=data.transform
         ).to(self.device)
         self.heads = build_heads(config.all_labels, self.network, data.input_shape).to(self.device)
-        self.auxiliary = build_auxiliary(
-            config, data.input_shape, self.network.feature_shape(data.input_shape)
-        ).to(self.device)
+        self.method = resolve_method(config)
+        context = MethodContext(
+            network=self.network,
+            input_shape=data.input_shape,
+            feature_shape=self.network.feature_shape(data.input_shape),
+            heads=self.heads,
+            to_pixels=data.transform.to_pixels,
+        )
+        self.method_state = self.method.build_state(context).to(self.device)
         head_lr = config.train.head_lr or config.train.lr
         self.local_consumers: dict[str, Consumer] = {
             spec.name: Consumer(
@@ -377,69 +287,38 @@ class Trainer:
         }
         self.consumers: dict[str, ConsumerLike] = dict(self.local_consumers)
         if remote is not None:
-            check_remote_method(config.method)
+            check_remote_method(self.method)
             for spec in config.tasks:
                 if spec.name in remote.tasks:
                     self.consumers[spec.name] = RemoteConsumer(spec, remote)
                     del self.local_consumers[spec.name]
-        self.phases = list(phases) if phases is not None else plan_phases(config)
-        self.prior_dp_phases = list(prior_dp_phases)
+        self.phases = list(phases) if phases is not None else self.method.phases()
+        self.method.check_dp(self.phases)
         self.batch_size = min(config.train.batch_size, _size(data.train))
-        self.sample_rate = self.batch_size / _size(data.train)
-        self.noise_multiplier = noise_multiplier or self._noise_multiplier()
-        self._epsilon_cache: dict[tuple[int, ...], float | None] = {}
-        self._check_final_epsilon()
+        self.privacy = DPEngine(
+            config.privacy,
+            [PlannedPhase(p.name, p.dp, p.epochs) for p in self.phases],
+            train_size=_size(data.train),
+            batch_size=self.batch_size,
+            steps_per_epoch=self.steps_per_epoch,
+            noise_multiplier=noise_multiplier,
+            prior_phases=prior_dp_phases,
+        )
 
-    # -- planning -----------------------------------------------------------------
     @property
     def steps_per_epoch(self) -> int:
         steps = -(-_size(self.data.train) // self.batch_size)
         cap = self.config.train.max_steps_per_epoch
         return min(steps, cap) if cap else steps
 
-    def _noise_multiplier(self) -> float | None:
-        privacy = self.config.privacy
-        dp_steps = sum(p.epochs for p in self.phases if p.dp) * self.steps_per_epoch
-        if dp_steps == 0:
-            return None
-        if privacy.noise_multiplier is not None:
-            return privacy.noise_multiplier
-        assert privacy.target_epsilon is not None  # checked by PrivacyConfig
-        return noise_for_target_epsilon(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            sample_rate=self.sample_rate,
-            steps=dp_steps,
-            accountant=privacy.accountant,
-        )
-
-    def _check_final_epsilon(self) -> None:
-        """Refuse a noise too small to account now, not when run.json is written.
-
-        ``epsilon_of_phases`` raises PrivacyError for it. The planned step counts are
-        those ``fit`` ends with, so the value is cached for the end of the run.
-        """
-        planned = [p.epochs * self.steps_per_epoch if p.dp else 0 for p in self.phases]
-        self._epsilon(planned)
-
     # -- data ---------------------------------------------------------------------
     def _loader(self, dataset: Dataset, *, dp: bool, epoch_seed: int) -> DataLoader:
-        dataset = _WithIndex(dataset)  # remote consumers find their labels by item id
         generator = torch.Generator().manual_seed(epoch_seed)
-        workers = self.config.train.num_workers
-        if dp:
-            sampler = UniformWithReplacementSampler(
-                num_samples=_size(dataset),
-                sample_rate=self.sample_rate,
-                generator=generator,
-                steps=self.steps_per_epoch,
-            )
-            return DataLoader(dataset, batch_sampler=_NonEmptyBatches(sampler), num_workers=workers)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=workers,
-            sampler=RandomSampler(cast(Sized, dataset), generator=generator),
+        return self.privacy.loader(
+            _WithIndex(dataset),  # remote consumers find their labels by item id
+            dp=dp,
+            generator=generator,
+            num_workers=self.config.train.num_workers,
         )
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
@@ -451,51 +330,21 @@ class Trainer:
         )
 
     # -- phases -------------------------------------------------------------------
-    def _setup_phase(self, phase: PhasePlan):
+    def _setup_phase(self, phase: PhasePlan) -> tuple[nn.Module, torch.optim.Optimizer | None]:
         freeze(self.producer, True)
         if phase.train_encoder:
             freeze(self.producer.encoder, False)
         for name in phase.labels:
             freeze(self.producer.task_modules[name], False)
         params = [p for p in self.producer.parameters() if p.requires_grad]
-        if phase.kind == "student":  # the adaptors learn with the encoder they align
-            params += [
-                p for t in self.config.tasks for p in self.auxiliary.adaptor(t.name).parameters()
-            ]
+        params += self.method.extra_parameters(phase)
+        if not params:
+            return self.producer, None
         train = self.config.train
-        optimizer = (
-            make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
-            if params
-            else None
-        )
-        model: nn.Module = self.producer
-        if phase.dp and optimizer is not None:
-            model = GradSampleModule(self.producer, loss_reduction="mean")
-            optimizer = DPOptimizer(
-                optimizer,
-                noise_multiplier=self.noise_multiplier,
-                max_grad_norm=self.config.privacy.max_grad_norm,
-                expected_batch_size=self.batch_size,
-                loss_reduction="mean",
-            )
-        return model, optimizer
-
-    def _dp_phases(self, steps_done: Sequence[int]) -> list[DPPhase]:
-        return self.prior_dp_phases + [
-            DPPhase(phase.name, float(self.noise_multiplier or 0.0), self.sample_rate, steps)
-            for phase, steps in zip(self.phases, steps_done, strict=True)
-            if phase.dp and steps > 0
-        ]
-
-    def _epsilon(self, steps_done: Sequence[int]) -> float | None:
-        """ε so far; cached since an accountant call costs up to a second."""
-        key = tuple(steps_done)
-        if key not in self._epsilon_cache:
-            privacy = self.config.privacy
-            self._epsilon_cache[key] = epsilon_of_phases(
-                self._dp_phases(steps_done), delta=privacy.delta, accountant=privacy.accountant
-            )
-        return self._epsilon_cache[key]
+        optimizer = make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
+        if phase.dp:
+            return self.privacy.wrap(self.producer, optimizer)
+        return self.producer, optimizer
 
     def _train_epoch(self, phase: PhasePlan, model, optimizer, loader, log, epoch: int) -> dict:
         bar = tqdm(
@@ -511,48 +360,9 @@ class Trainer:
             return self._train_batches(phase, model, optimizer, bar, log, epoch)
 
     def _step(self, phase: PhasePlan, model, optimizer, images, targets) -> StepResult:
-        """One training step of ``phase``, by its kind."""
-        config = self.config
-        if phase.kind == "adversarial":
-            return deepobfuscator_step(
-                model,
-                optimizer,
-                self.auxiliary,
-                images,
-                targets,
-                self.consumers,
-                config.tasks,
-                config.private_attributes,
-                self.heads,
-                pixels=self.data.transform.to_pixels(images),
-                reconstruction_weight=config.deepobfuscator.reconstruction_weight,
-                attribute_weight=config.deepobfuscator.attribute_weight,
-            )
-        if phase.kind == "teachers":
-            return teachers_step(self.auxiliary, images, targets, config.tasks)
-        if phase.kind == "student":
-            return distill_step(
-                model,
-                optimizer,
-                self.auxiliary,
-                images,
-                targets,
-                self.consumers,
-                config.all_labels,
-                distill_weight=config.kd_mtl.distill_weight,
-            )
-        return producer_step(
-            model,
-            optimizer,
-            images,
-            targets,
-            self.consumers,
-            phase.labels,
-            compared=phase.compared,
-            omega=phase.omega,
-            similarity=config.privacy.similarity,
-            data_range=config.privacy.ssim_data_range,
-        )
+        """One training step of ``phase``: the method's."""
+        inputs = StepInputs(model, optimizer, images, targets, self.consumers)
+        return self.method.step(phase, inputs)
 
     def _train_batches(self, phase, model, optimizer, bar, log, epoch: int) -> dict:
         totals: dict[str, float] = {}
@@ -565,9 +375,7 @@ class Trainer:
             targets = {k: v.to(self.device) for k, v in targets.items()}
             result = self._step(phase, model, optimizer, images, targets)
             self._check_finite(result.losses, phase.name, epoch, step)
-            term = EXTRA_TERM_NAMES.get(phase.kind)
-            extra = {term: result.privacy_term} if term else {}
-            for name, value in {**result.losses, **extra}.items():
+            for name, value in {**result.losses, **result.terms}.items():
                 totals[name] = totals.get(name, 0.0) + value * result.batch_size
             seen += result.batch_size
             bar.set_postfix({k: f"{v:.3f}" for k, v in result.losses.items()})
@@ -579,7 +387,7 @@ class Trainer:
                         "epoch": epoch,
                         "step": step,
                         "losses": result.losses,
-                        **extra,
+                        **result.terms,
                     }
                 )
             if not phase.dp and step + 1 >= self.steps_per_epoch:
@@ -614,11 +422,12 @@ class Trainer:
                 n: c.optimizer.state_dict() for n, c in self.local_consumers.items()
             },
             "producer_optimizer": optimizer.state_dict() if optimizer is not None else None,
-            "auxiliary": self.auxiliary.state_dict(),
-            "auxiliary_optimizers": self.auxiliary.optimizer_states(),
+            # the method's training state ("auxiliary": the key older checkpoints use)
+            "auxiliary": self.method_state.state_dict(),
+            "auxiliary_optimizers": self.method_state.optimizer_states(),
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(config_to_dict(self.config), sort_keys=True),
-            "noise_multiplier": self.noise_multiplier,
+            "noise_multiplier": self.privacy.noise_multiplier,
         }
 
     def _resume(self) -> dict[str, Any] | None:
@@ -638,10 +447,11 @@ class Trainer:
         for name, consumer in self.local_consumers.items():
             what = f"{name!r} head optimizer"
             _restore(path, what, consumer.optimizer.load_state_dict, head_states.get(name))
-        auxiliary = self.auxiliary  # older checkpoints have no auxiliary entries: {}
-        _restore(path, "auxiliary", auxiliary.load_state_dict, state.get("auxiliary", {}))
+        method_state = self.method_state  # older checkpoints have no such entries: {}
+        saved_state = state.get("auxiliary", {})
+        _restore(path, "method state", method_state.load_state_dict, saved_state)
         optimizers = state.get("auxiliary_optimizers", {})
-        _restore(path, "auxiliary optimizers", auxiliary.load_optimizer_states, optimizers)
+        _restore(path, "method optimizers", method_state.load_optimizer_states, optimizers)
         _restore(path, "random state", torch.set_rng_state, state["torch_rng"])
         _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
         return state
@@ -691,7 +501,7 @@ class Trainer:
                         "epoch": epoch,
                         "train": train_losses,
                         "val": val,
-                        "epsilon": self._epsilon(steps_done),
+                        "epsilon": self.privacy.epsilon(steps_done),
                         "seconds": round(time.perf_counter() - t0, 3),
                     }
                 )
@@ -708,8 +518,7 @@ class Trainer:
                         log_path.stat().st_size if log_path.exists() else 0,
                     ),
                 )
-            if isinstance(model, GradSampleModule):
-                model.cleanup()  # hooks and grad_sample attributes off the producer
+            self.privacy.unwrap(model)  # hooks and grad_sample attributes off the producer
             freeze(self.producer, False)
         if self.remote is not None:  # the remote heads, for the run's own evaluation
             for name, state in self.remote.request_heads(self.remote.timeout).items():
@@ -722,10 +531,10 @@ class Trainer:
         return TrainResult(
             utility=utility,
             swap=swap,
-            dp_phases=self._dp_phases(steps_done),
-            epsilon=self._epsilon(steps_done),
-            noise_multiplier=self.noise_multiplier,
-            sample_rate=self.sample_rate,
+            dp_phases=self.privacy.dp_phases(steps_done),
+            epsilon=self.privacy.epsilon(steps_done),
+            noise_multiplier=self.privacy.noise_multiplier,
+            sample_rate=self.privacy.sample_rate,
             seconds=time.perf_counter() - started,
         )
 
@@ -733,7 +542,7 @@ class Trainer:
         """Validation metrics of the phase's local labels (none while teachers train)."""
         if _size(loader.dataset) == 0:  # data.val_fraction 0: nothing to validate on
             return {}
-        names = [] if phase.kind == "teachers" else phase.labels
+        names = self.method.validated_labels(phase)
         labels = self._labels([n for n in names if n in self.local_consumers])
         if not labels:
             return {}

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ..config import Config, LabelSpec
 from ..errors import ConfigError, MetaMorphosisError
 from ..models.producer import build_heads, build_network, build_producer
+from .methods import Method
 from .split import ConsumerReply
 
 __all__ = [
@@ -52,12 +53,12 @@ class RemoteTimeout(MetaMorphosisError):
     """A consumer did not answer within the deadline and its retries."""
 
 
-def check_remote_method(method: str) -> None:
+def check_remote_method(method: Method) -> None:
     """Refuse a training method that cannot keep the task labels with the consumers."""
-    if method == "kd-mtl":
+    if not method.remote:
         raise ConfigError(
-            "method 'kd-mtl' cannot train with remote consumers: its single-task teachers "
-            "need the task labels on the producer; train it without --remote"
+            f"method {method.name!r} cannot train with remote consumers: it needs the task "
+            "labels on the producer; train it without --remote"
         )
 
 

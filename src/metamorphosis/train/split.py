@@ -69,8 +69,14 @@ class Consumer:
 
 @dataclass
 class StepResult:
+    """One step's losses (per label), its method's named loss terms, and its batch size.
+
+    ``terms`` are logged under their names in ``metrics.jsonl`` (``ssim_term``,
+    ``adversarial_term``, ``distill_term``, a new method's own).
+    """
+
     losses: dict[str, float]
-    privacy_term: float
+    terms: dict[str, float]
     batch_size: int
 
 
@@ -121,6 +127,6 @@ def producer_step(
         optimizer.step()
     return StepResult(
         losses={name: reply.loss for name, reply in replies.items()},
-        privacy_term=privacy_value,
+        terms={"ssim_term": privacy_value},
         batch_size=int(images.shape[0]),
     )

@@ -1,0 +1,173 @@
+"""The DP-SGD wiring of a training run, in one place.
+
+Everything Opacus-specific that the trainer needs lives here: calibrating one
+noise multiplier for every DP phase, Poisson-sampled batches, wrapping the
+producer in a ``GradSampleModule`` and its optimiser in a ``DPOptimizer``, and
+ε of the steps taken so far (cached: an accountant call costs up to a second).
+The trainer only asks "a loader for this phase", "wrap this model", "ε now";
+a distributed trainer can swap this class for one built on Opacus' DPDDP.
+
+Only producer-side parameters go through the engine: heads (consumers) train
+without DP (see the README's privacy section for what ε covers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence, Sized
+from dataclasses import dataclass
+from typing import cast
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from ..config import PrivacyConfig
+from .accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
+
+__all__ = ["DPEngine", "PlannedPhase"]
+
+
+@dataclass(frozen=True)
+class PlannedPhase:
+    """What the engine needs of a phase: its name, whether it is DP, its epochs."""
+
+    name: str
+    dp: bool
+    epochs: int
+
+
+class _NonEmptyBatches(Sampler[list[int]]):
+    """Poisson batches with the (rare) empty draws dropped.
+
+    An empty draw is still a DP step for the accountant (the sampler made
+    it); it just has nothing to train on.
+    """
+
+    def __init__(self, sampler: UniformWithReplacementSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (list(batch) for batch in self.sampler if len(batch) > 0)
+
+
+class DPEngine:
+    """DP-SGD for the phases of one run.
+
+    Args:
+        privacy: the run's privacy settings (δ, clipping bound, accountant, the
+            target ε or an explicit noise multiplier).
+        phases: every phase of the run, in order.
+        train_size: items in the train split.
+        batch_size: the expected batch (Poisson sampling at ``batch / train_size``).
+        steps_per_epoch: steps of one epoch (the same for every phase).
+        noise_multiplier: the noise to use instead of calibrating it (adding a
+            task to a run whose noise is already fixed).
+        prior_phases: DP phases already spent on these weights; ε composes them.
+    """
+
+    def __init__(
+        self,
+        privacy: PrivacyConfig,
+        phases: Sequence[PlannedPhase],
+        *,
+        train_size: int,
+        batch_size: int,
+        steps_per_epoch: int,
+        noise_multiplier: float | None = None,
+        prior_phases: Sequence[DPPhase] = (),
+    ) -> None:
+        self.privacy = privacy
+        self.phases = list(phases)
+        self.batch_size = batch_size
+        self.sample_rate = batch_size / train_size
+        self.steps_per_epoch = steps_per_epoch
+        self.prior_phases = list(prior_phases)
+        self._cache: dict[tuple[int, ...], float | None] = {}
+        self.noise_multiplier = noise_multiplier or self._calibrated_noise()
+        # refuse a noise too small to account now, not when run.json is written: the
+        # planned step counts are those training ends with, so the value is cached
+        self.epsilon([p.epochs * steps_per_epoch if p.dp else 0 for p in self.phases])
+
+    def _calibrated_noise(self) -> float | None:
+        dp_steps = sum(p.epochs for p in self.phases if p.dp) * self.steps_per_epoch
+        if dp_steps == 0:
+            return None
+        if self.privacy.noise_multiplier is not None:
+            return self.privacy.noise_multiplier
+        assert self.privacy.target_epsilon is not None  # checked by PrivacyConfig
+        return noise_for_target_epsilon(
+            target_epsilon=self.privacy.target_epsilon,
+            delta=self.privacy.delta,
+            sample_rate=self.sample_rate,
+            steps=dp_steps,
+            accountant=self.privacy.accountant,
+        )
+
+    # -- data -----------------------------------------------------------------------
+    def loader(
+        self, dataset: Dataset, *, dp: bool, generator: torch.Generator, num_workers: int
+    ) -> DataLoader:
+        """Poisson batches in a DP phase (what the accountant assumes); shuffled otherwise."""
+        if dp:
+            sampler = UniformWithReplacementSampler(
+                num_samples=len(cast(Sized, dataset)),
+                sample_rate=self.sample_rate,
+                generator=generator,
+                steps=self.steps_per_epoch,
+            )
+            return DataLoader(
+                dataset, batch_sampler=_NonEmptyBatches(sampler), num_workers=num_workers
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=num_workers,
+            sampler=RandomSampler(cast(Sized, dataset), generator=generator),
+        )
+
+    # -- models ---------------------------------------------------------------------
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """Per-sample gradients for ``model``; clipping and noise in ``optimizer``'s step."""
+        private_model = GradSampleModule(model, loss_reduction="mean")
+        private_optimizer = DPOptimizer(
+            optimizer,
+            noise_multiplier=float(self.noise_multiplier or 0.0),
+            max_grad_norm=self.privacy.max_grad_norm,
+            expected_batch_size=self.batch_size,
+            loss_reduction="mean",
+        )
+        return private_model, private_optimizer
+
+    @staticmethod
+    def unwrap(model: nn.Module) -> None:
+        """Take the per-sample hooks and ``grad_sample`` attributes off a wrapped model."""
+        if isinstance(model, GradSampleModule):
+            model.cleanup()
+
+    # -- accounting -----------------------------------------------------------------
+    def dp_phases(self, steps_done: Sequence[int]) -> list[DPPhase]:
+        """The prior DP phases, then each of this run's DP phases that has taken a step."""
+        return self.prior_phases + [
+            DPPhase(phase.name, float(self.noise_multiplier or 0.0), self.sample_rate, steps)
+            for phase, steps in zip(self.phases, steps_done, strict=True)
+            if phase.dp and steps > 0
+        ]
+
+    def epsilon(self, steps_done: Sequence[int]) -> float | None:
+        """ε after ``steps_done`` DP steps of each phase (None: no DP step at all)."""
+        key = tuple(steps_done)
+        if key not in self._cache:
+            self._cache[key] = epsilon_of_phases(
+                self.dp_phases(steps_done),
+                delta=self.privacy.delta,
+                accountant=self.privacy.accountant,
+            )
+        return self._cache[key]
