@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,12 +20,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tables():
-    spec = importlib.util.spec_from_file_location(
-        "paper_tables", REPO / "benchmarks" / "paper_tables.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["paper_tables"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports paper_numbers beside it
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "paper_tables", REPO / "benchmarks" / "paper_tables.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["paper_tables"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
     return module
 
 
@@ -74,18 +79,85 @@ def test_a_table_shows_the_audited_numbers(tables, tmp_path, monkeypatch):
         "privacy",
         public=("shape", "large"),
         private=("background",),
-        paper={"MetaMorphosis": {"shape": 0.5}},
+        paper=(tables.PaperRow("MetaMorphosis (Table 0)", {"shape": "50.00"}),),
+        paper_notes=("*paper:* a cell with no column here.",),
     )
     text = tables.render(table, "quick", 1.0).read_text()
-    report = json.loads((tmp_path / "runs/quick/metamorphosis/audit/report.json").read_text())
+    report_path = tmp_path / "runs/quick/metamorphosis/audit/report.json"
+    report = json.loads(report_path.read_text())
     kept = report["swap"]["kept_heads"]["matrix"]["shape"]["background"]
     retrained = report["swap"]["retrained"]["matrix"]["shape"]["background"]
+    floor = next(
+        r["label_floor"]
+        for r in report["attribute_inference"]
+        if (r["source"], r["attribute"]) == ("shape", "background")
+    )
     row = next(x for x in text.splitlines() if x.startswith("| MetaMorphosis |"))
-    assert f"{100 * kept:.1f} / **{100 * retrained:.1f}**" in row
-    assert "(50.0)" in row  # the paper's number beside ours
+    cell = f"{100 * kept:.1f} / {100 * retrained:.1f} / "
+    assert cell in row and row.count(" / ") == 3 * 4  # kept / retrained / best / floor in 4 cells
+    assert f" / {100 * floor:.1f} |" in row  # the label floor (attribute_inference)
+    # the paper's figure beside ours, on its own marked row; the paper reports the kept head only
+    paper = next(x for x in text.splitlines() if x.startswith("| *paper:* MetaMorphosis"))
+    assert paper.split(" | ")[2] == "50.00" and "| — / — / — / — |" in paper
+    assert "*paper:* a cell with no column here." in text
     saved = json.loads((tmp_path / "results" / "tiny" / "table.json").read_text())
     assert saved["numbers"]["universal"]["epsilon"] is None
+    assert saved["paper"] == [{"label": "MetaMorphosis (Table 0)", "cells": {"shape": "50.00"}}]
     assert (tmp_path / "results" / "tiny" / "figure.png").stat().st_size > 1000
+
+    # a report with the audit's `leakage` list: the best attacker, named, and its label floor
+    report["leakage"] = [
+        {
+            "source": "shape",
+            "label": "background",
+            "best": {"attacker": "mlp", "value": 0.875},
+            "attackers": {"head": retrained, "mlp": 0.875, "linear": 0.5, "knn": 0.6},
+            "majority": 0.5,
+            "label_floor": 0.625,
+            "universal": 0.9,
+        }
+    ]
+    report_path.write_text(json.dumps(report))
+    text = tables.render(table, "quick", 1.0).read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| MetaMorphosis |"))
+    assert f"{100 * kept:.1f} / {100 * retrained:.1f} / **87.5** (mlp) / 62.5 |" in row
+    saved = json.loads((tmp_path / "results" / "tiny" / "table.json").read_text())
+    assert saved["numbers"]["MetaMorphosis"]["best"]["shape→background"]["attacker"] == "mlp"
+
+
+def test_render_only_reads_kept_numbers_without_run_dirs(tables, tmp_path, monkeypatch):
+    """``--render-only`` re-renders every committed table from its table.json (numbers from
+    before the audit named its best attacker included: those slots read —) and gives the
+    committed table.md: the committed tables are up to date with the harness and the paper."""
+    monkeypatch.setattr(tables, "RUNS", tmp_path / "no-runs")
+    monkeypatch.setattr(tables, "RESULTS", tmp_path / "results")
+    for key in tables.TABLES:
+        committed = REPO / "results" / key
+        if not (committed / "table.json").is_file():
+            continue
+        (tmp_path / "results" / key).mkdir(parents=True)
+        for name in ("table.json", "figure.png"):
+            shutil.copy(committed / name, tmp_path / "results" / key / name)
+        figure = (tmp_path / "results" / key / "figure.png").read_bytes()
+        tables.main([key, "--render-only"])
+        out = tmp_path / "results" / key
+        assert (out / "table.md").read_text() == (committed / "table.md").read_text(), (
+            f"results/{key}/table.md is stale: run python benchmarks/paper_tables.py --render-only"
+        )
+        assert (out / "figure.png").read_bytes() == figure  # the figure is kept as it is
+        before = json.loads((committed / "table.json").read_text())["numbers"]
+        assert json.loads((out / "table.json").read_text())["numbers"] == before
+
+
+def test_every_table_sets_the_paper_beside_ours(tables):
+    """Each table quotes the paper (rows in our columns, or its table whole) from the JSON."""
+    for table in tables.TABLES.values():
+        assert table.paper or table.paper_notes, table.key
+        for row in table.paper:
+            assert row.cells, (table.key, row.label)
+            assert "Table" in row.label or "Fig." in row.label, (table.key, row.label)
+        if table.paper:
+            assert "*paper:*" in table.paper_source, table.key
 
 
 def test_the_add_task_table_sets_the_added_module_against_retraining(tables, tmp_path, monkeypatch):
