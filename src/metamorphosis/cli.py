@@ -381,11 +381,15 @@ def audit(
     ] = False,
     sweep: Annotated[
         list[str] | None,
-        typer.Option(help="Also retrain across 'epsilon' or 'split' (repeatable; slow)."),
+        typer.Option(
+            help="Also retrain across a preset, 'epsilon' or 'split', or KEY=V1,V2,... over "
+            "any config key as --set sets it (e.g. privacy.omega=0.0001,0.001,0.01); "
+            "repeatable; slow: one training per value."
+        ),
     ] = None,
     values: Annotated[
         list[str] | None,
-        typer.Option(help="Sweep values, e.g. epsilon=0.5,1,2,4,8,inf or split=5,7,8."),
+        typer.Option(help="Preset values, e.g. epsilon=0.5,1,2,4,8,inf or split=5,7,8."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda: where attackers train.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of subsets, attackers and t-SNE.")] = 0,

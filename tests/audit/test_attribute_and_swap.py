@@ -1,4 +1,5 @@
-"""Swap matrices and attribute inference: they must find what is there and only that."""
+"""Swap matrices and attribute inference on generated scenes: they must find what is there
+and only that."""
 
 from __future__ import annotations
 
@@ -6,15 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from metamorphosis.audit.attribute import (
-    attribute_inference,
-    label_floor,
-    linear_probe,
-    majority_rate,
-)
+from metamorphosis.audit.attacks.attacker import holdout_split, make_cell, score
+from metamorphosis.audit.attacks.kept_heads import kept_head_swap
+from metamorphosis.audit.attacks.leakage import attribute_rows, measure_leakage
+from metamorphosis.audit.attacks.linear_probe import LinearProbe
+from metamorphosis.audit.attacks.retrained_head import retrained_swap
+from metamorphosis.audit.attribute import label_floor, majority_rate
 from metamorphosis.audit.budget import AttackBudget
 from metamorphosis.audit.features import FeatureSet, extract_features
-from metamorphosis.audit.swap import kept_head_swap, retrained_swap
 from metamorphosis.config import DataConfig, LabelSpec
 from metamorphosis.data import build_datasets
 from metamorphosis.rundir import load_heads, load_producer, read_run_json
@@ -28,6 +28,7 @@ BUDGET = AttackBudget(
     batch_size=32,
     lr=3e-3,
     tsne_items=10,
+    restarts=1,
 )
 BACKGROUND = LabelSpec(name="background", column="background", kind="binary")
 COLOUR = LabelSpec(name="colour", column="colour", kind="multiclass", num_classes=4)
@@ -83,7 +84,7 @@ def test_majority_rate_is_the_train_majority_scored_on_test():
 
 def test_attribute_inference_finds_a_planted_attribute_and_nothing_in_blind_features(scenes):
     train, test = scenes
-    swap = retrained_swap(
+    result = measure_leakage(
         _linear_head,
         [BACKGROUND],
         train,
@@ -92,18 +93,16 @@ def test_attribute_inference_finds_a_planted_attribute_and_nothing_in_blind_feat
         budget=BUDGET,
         seed=0,
     )
-    rows = {
-        r.source: r
-        for r in attribute_inference(
-            swap, ["pixels", "blind"], [BACKGROUND], train, test, budget=BUDGET, seed=0
-        )
-    }
-    majority = rows["pixels"].majority
+    entries = [e.to_dict() for e in result.entries]
+    rows = {r["source"]: r for r in attribute_rows(entries, ["background"], ["pixels", "blind"])}
+    majority = rows["pixels"]["majority"]
     assert 0.35 < majority < 0.65
-    assert rows["pixels"].head > 0.9 and rows["pixels"].probe > 0.9
-    assert rows["blind"].head <= majority + 0.02
-    assert rows["blind"].probe <= majority + 0.02
-    assert rows["blind"].universal_head == rows["pixels"].head  # encoder == pixels here
+    assert rows["pixels"]["head"] > 0.9 and rows["pixels"]["probe"] > 0.9
+    assert rows["blind"]["head"] <= majority + 0.02
+    assert rows["blind"]["probe"] <= majority + 0.02
+    assert rows["blind"]["universal_head"] == rows["pixels"]["head"]  # encoder == pixels here
+    blind = next(e for e in entries if e["source"] == "blind")
+    assert all(value <= majority + 0.02 for value in blind["attackers"].values())
 
 
 def test_retrained_swap_is_seeded(scenes):
@@ -129,7 +128,18 @@ def test_linear_probe_on_dense_labels_predicts_full_resolution_maps(scenes):
     seg = LabelSpec(name="seg", column="seg", kind="segmentation", num_classes=3)
     train.targets["seg"] = (train.images[:, 0] > 0.5).long()
     test.targets["seg"] = (test.images[:, 0] > 0.5).long()
-    metrics = linear_probe(seg, "pixels", train, test, budget=BUDGET, seed=0)
+    cell = make_cell(
+        seg,
+        "pixels",
+        train,
+        test,
+        split=holdout_split(len(train), BUDGET.holdout, 0),
+        make_head=None,
+        budget=BUDGET,
+    )
+    outputs = LinearProbe().predict(cell, seed=0)
+    assert outputs.shape == (len(test), 3, 16, 16)  # full resolution, one map per class
+    metrics = score(seg, outputs, test.targets["seg"])
     share = float(test.targets["seg"].float().mean())
     assert metrics["pixel_accuracy"] > max(share, 1 - share) + 0.1
 
@@ -154,9 +164,7 @@ def test_kept_head_swap_reproduces_the_swap_matrix_of_training(tiny_run):
         # bits: ~1e-6 relative per layer, a few 1e-5 after the encoder. 1e-4 of the feature
         # scale still catches a wrong transform or a wrong image (those differ by O(1)).
         scale = float(alone.abs().max())
-        torch.testing.assert_close(
-            test.sources["encoder"][0], alone, rtol=1e-4, atol=1e-4 * scale
-        )
+        torch.testing.assert_close(test.sources["encoder"][0], alone, rtol=1e-4, atol=1e-4 * scale)
     kept = kept_head_swap(load_heads(tiny_run), list(config.all_labels), test)
     for source, row in record["swap_matrix"].items():
         for label, value in row.items():

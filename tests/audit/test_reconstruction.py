@@ -17,9 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metamorphosis.audit.budget import AttackBudget
-from metamorphosis.audit.features import FeatureSet
-from metamorphosis.audit.reconstruction import (
+from metamorphosis.audit.attacks.reconstruction import (
     ASSUMPTION,
     ReconstructionDecoder,
     ReconstructionResult,
@@ -27,6 +25,8 @@ from metamorphosis.audit.reconstruction import (
     plot_reconstructions,
     reconstruction_attack,
 )
+from metamorphosis.audit.budget import AttackBudget
+from metamorphosis.audit.features import FeatureSet
 from metamorphosis.errors import ConfigError
 
 SIZE = 16

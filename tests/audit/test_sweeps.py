@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -30,7 +31,7 @@ def test_point_config_sets_the_swept_key():
 
 def test_unknown_sweeps_and_empty_values_are_refused():
     with pytest.raises(ConfigError, match="sweep 'lr' is unknown"):
-        check_sweeps(["lr"], {})
+        check_sweeps(["lr"], {"lr": [1]})
     with pytest.raises(ConfigError, match="no values"):
         check_sweeps(["epsilon"], {"epsilon": []})
 
@@ -101,3 +102,72 @@ def test_audit_with_a_sweep_adds_its_section_to_the_report(tiny_run, tmp_path):
     markdown = (copy / "audit" / "report.md").read_text()
     assert "## Sweep: split" in markdown and "](sweep_split.png)" in markdown
     assert (copy / "audit" / "sweep_split.png").is_file()
+
+
+def test_a_sweep_over_any_config_key_is_parsed_as_set_values():
+    from metamorphosis.audit.sweeps import Sweep
+
+    omega, method = check_sweeps(["privacy.omega=0.001, 1e-2", "method=universal,kd-mtl"], {})
+    assert omega == Sweep("privacy.omega", (0.001, 0.01)) and not omega.preset
+    assert method.values == ("universal", "kd-mtl")
+    (epsilon,) = check_sweeps(["epsilon=1,inf"], {})
+    assert epsilon.preset and epsilon.values == (1.0, math.inf)
+    (split,) = check_sweeps(["split"], {})
+    assert split.values == (5, 7, 8)  # the preset's defaults
+    config = config_from_dict(tiny_config_dict("both"))
+    assert point_config(config, "privacy.omega", 0.01, "cpu").privacy.omega == 0.01
+    assert point_config(config, "tasks.0.weight", 2, "cpu").tasks[0].weight == 2
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["lr"], "sweep 'lr' is unknown: expected one of ['epsilon', 'split'] or KEY=V1"),
+        (["train.lr="], "expected KEY=V1,V2,... with values"),
+        (["epsilon=a,b"], "epsilon values must be numbers"),
+        (["epsilon=0"], "sweep 'epsilon' value 0 is invalid"),
+        (["privacy.omega=1", "privacy.omega=2"], "'privacy.omega' is asked for twice"),
+    ],
+)
+def test_bad_sweeps_are_refused_in_one_line(names, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_sweeps(names, {})
+
+
+def test_every_point_of_a_generic_sweep_is_checked_before_training():
+    from metamorphosis.audit.sweeps import check_points
+
+    config = config_from_dict(tiny_config_dict("both"))
+    with pytest.raises(ConfigError, match=r"sweep 'privacy.omega' value -1: privacy.omega=-1"):
+        check_points(config, ["privacy.omega=0.01,-1"], {})
+    with pytest.raises(ConfigError, match="sweep 'method' value kd-mtl: .*one shared feature"):
+        check_points(config, ["method=metamorphosis,kd-mtl"], {})  # mode both: not kd-mtl
+    with pytest.raises(ConfigError, match="sweep 'train.lrr' value 1: unknown key"):
+        check_points(config, ["train.lrr=1"], {})
+
+
+def test_a_generic_sweep_trains_each_value_and_names_its_points(tiny_run, tmp_path):
+    config = config_from_dict(json.loads((tiny_run / "run.json").read_text())["config"])
+    section = run_sweeps(
+        tiny_run,
+        config,
+        ["privacy.omega=0,0.5"],
+        values={},
+        data_root=None,
+        budget=budget_named("quick"),
+        device="cpu",
+        seed=0,
+        progress=False,
+        out_dir=tmp_path,
+    )["privacy.omega"]
+    assert [p["value"] for p in section["points"]] == [0, 0.5]
+    assert section["header"][0] == "privacy.omega" and [r[0] for r in section["rows"]] == [
+        "0",
+        "0.5",
+    ]
+    for value in ("0", "0.5"):
+        record = json.loads(
+            (tiny_run / "audit" / "sweeps" / f"privacy.omega_{value}" / "run.json").read_text()
+        )
+        assert record["config"]["privacy"]["omega"] == float(value)
+    assert (tmp_path / "sweep_privacy.omega.png").read_bytes().startswith(b"\x89PNG")

@@ -3,13 +3,15 @@
 :func:`run_audit` reads a run dir, runs every attack on one declared budget
 and writes ``RUN_DIR/audit/`` (report.md, report.json, report.html, figures):
 
-* :mod:`.swap` — swap matrices, kept heads (paper protocol) and retrained attackers;
-* :mod:`.attribute` — private-attribute inference (head attacker, linear probe);
-* :mod:`.reconstruction` — a decoder trained to rebuild images from features;
+* :mod:`.attacks` — one file per attack: the kept-head swap (paper protocol), leakage
+  (the retrained consumer head, an MLP, a linear probe and k-NN on every released source
+  and label; the best attacker is the headline) and reconstruction;
+* :mod:`.attribute` — the reference points: majority rate and label floor;
 * :mod:`.tsne` — t-SNE and pairwise similarity of the modules' features;
 * :mod:`.cost` — sizes and latency of encoder, modules and heads;
 * :mod:`.sweeps` — utility and leakage vs ε and vs split index (retraining);
-* :mod:`.report` — findings, figures and the written report.
+* :mod:`.measurements` — the list :func:`run_audit` runs, in report order;
+* :mod:`.report` — findings and the written report.
 """
 
 from __future__ import annotations

@@ -25,8 +25,18 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..models.producer import Producer, count_parameters
+from ..rundir import load_producer
+from .attacks.base import Attack, AuditContext
+from .document import Document
 
-__all__ = ["BYTES_PER_KB", "BYTES_PER_MB", "format_cost_table", "module_size", "producer_cost"]
+__all__ = [
+    "BYTES_PER_KB",
+    "BYTES_PER_MB",
+    "ProducerCost",
+    "format_cost_table",
+    "module_size",
+    "producer_cost",
+]
 
 BYTES_PER_MB = 1_000_000
 """``size_mb`` keys are decimal megabytes (10^6 bytes)."""
@@ -271,3 +281,21 @@ def format_cost_table(cost: Mapping[str, Any]) -> str:
         "module. Output sizes are float32; MB = 10^6 bytes, KB = 10^3 bytes."
     )
     return "\n".join([*rows, "", note]) + "\n"
+
+
+class ProducerCost(Attack):
+    """``cost`` of the report: no attack, but reported the same way."""
+
+    name = "cost"
+    stage = "producer cost"
+    assumes = (
+        "Not an attack: sizes and per-image latencies of the producer's parts on the machine "
+        "that ran the audit (median of repeated timed runs after warm-up)."
+    )
+
+    def measure(self, context: AuditContext, report: Mapping[str, Any]) -> dict[str, Any]:
+        return {"cost": producer_cost(load_producer(context.run_dir), context.heads)}
+
+    def section(self, doc: Document, report: Mapping[str, Any]) -> None:
+        doc.heading("Producer cost")
+        doc.paragraph(format_cost_table(report["cost"]))

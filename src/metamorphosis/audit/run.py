@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 
@@ -25,33 +25,27 @@ from ..rundir import (
     HEADS_FILE,
     PRODUCER_FILE,
     load_heads,
-    load_producer,
     read_run_json,
     read_weights,
 )
-from . import attribute, reconstruction, swap, tsne
+from .attacks.base import AuditContext
+from .attribute import majority_rate
 from .budget import AttackBudget, budget_named
-from .cost import producer_cost
-from .features import ENCODER_SOURCE, FeatureSet
+from .features import FeatureSet
 from .inputs import load_audit_data, resolve_device
-from .report import findings, plot_attribute, plot_swap, write_report
+from .measurements import default_measurements
+from .report import findings, write_report
 from .sweeps import check_points, check_sweeps, run_sweeps
 
 __all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit"]
 
 AUDIT_DIR = "audit"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
+"""2: adds ``leakage`` (the best attacker per source and label), attackers with restarts and
+early stopping; ``assumptions`` keyed by attack and attacker name; ``leakage.png`` replaces
+``attribute_inference.png``."""
 
 Log = Callable[[str], None]
-
-ASSUMPTIONS = {
-    "kept_heads": swap.KEPT_HEADS_ASSUMPTION,
-    "retrained": swap.RETRAINED_ASSUMPTION,
-    "attribute": attribute.ASSUMPTION,
-    "reconstruction": reconstruction.ASSUMPTION,
-    "tsne": tsne.ASSUMPTION,
-}
-"""What each measurement assumes about the attacker, as the report states it."""
 
 
 def _run_summary(record: dict[str, Any], config: Config) -> dict[str, Any]:
@@ -113,9 +107,10 @@ def run_audit(
         budget: ``full``, ``quick`` or an :class:`AttackBudget`.
         device: ``auto``, ``cpu`` or ``cuda``; where attackers train.
         seed: seeds the subsets, the attackers and t-SNE.
-        sweeps: any of ``epsilon`` and ``split``: retrain the run's config
-            across those values (expensive) and add their tables.
-        sweep_values: the values of each sweep (defaults: the paper's).
+        sweeps: presets ``epsilon`` and ``split``, or ``KEY=V1,V2,...`` over any
+            config key (as ``--set``): retrain the run's config across those
+            values (expensive) and add their tables (:mod:`.sweeps`).
+        sweep_values: the values of each preset (defaults: the paper's).
         progress: show progress bars.
         log: receives one line per stage.
     """
@@ -147,8 +142,19 @@ def run_audit(
             device=torch_device,
             progress=progress,
         )
-    audit = _Audit(run_dir, record, config, train, test, budget, torch_device, seed, progress)
-    report = {
+    measurements = default_measurements()
+    context = _context(
+        run_dir,
+        record,
+        config,
+        (train, test),
+        out_dir=out_dir,
+        budget=budget,
+        device=torch_device,
+        seed=seed,
+        progress=progress,
+    )
+    report: dict[str, Any] = {
         "version": REPORT_VERSION,
         "run_dir": str(run_dir),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -157,10 +163,15 @@ def run_audit(
         "seed": seed,
         "device": str(torch_device),
         "data": {"train_items": len(train), "test_items": len(test), "split": "test"},
-        "majority": audit.majority(),
-        "assumptions": ASSUMPTIONS,
-        **audit.measure(stage, out_dir),
+        "majority": {
+            spec.name: majority_rate(spec, train.targets[spec.name], test.targets[spec.name])
+            for spec in context.labels
+        },
+        "assumptions": {k: v for m in measurements for k, v in m.assumptions().items()},
     }
+    for measurement in measurements:
+        with stage(measurement.stage):
+            report.update(measurement.measure(context, report))
     if sweeps:
         with stage("sweeps"):
             report["sweeps"] = run_sweeps(
@@ -181,102 +192,34 @@ def run_audit(
     return report
 
 
-class _AttackOptions(TypedDict):
-    budget: AttackBudget
-    device: torch.device
-    seed: int
-
-
-class _Audit:
-    """The measurements of one audit over features already extracted."""
-
-    def __init__(
-        self,
-        run_dir: Path,
-        record: dict[str, Any],
-        config: Config,
-        train: FeatureSet,
-        test: FeatureSet,
-        budget: AttackBudget,
-        device: torch.device,
-        seed: int,
-        progress: bool,
-    ) -> None:
-        self.run_dir, self.train, self.test = run_dir, train, test
-        self.labels = list(config.all_labels)
-        self.tasks = list(record["tasks"])
-        self.private = [s for s in self.labels if s.name in record["private_attributes"]]
-        self.network = build_network(config)
-        self.hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
-        self.budget, self.device, self.seed, self.progress = budget, device, seed, progress
-
-    @property
-    def _attack(self) -> _AttackOptions:
-        return {"budget": self.budget, "device": self.device, "seed": self.seed}
-
-    def majority(self) -> dict[str, float | None]:
-        return {
-            spec.name: attribute.majority_rate(
-                spec, self.train.targets[spec.name], self.test.targets[spec.name]
-            )
-            for spec in self.labels
-        }
-
-    def measure(self, stage: _Stages, out_dir: Path) -> dict[str, Any]:
-        """Every attack and measurement, with its figure written to ``out_dir``."""
-        sources = [ENCODER_SOURCE, *self.tasks]  # what an attacker can hold
-        heads = dict(load_heads(self.run_dir))  # read once: the kept-head swap and the cost
-        with stage("swap (kept heads)"):
-            kept = swap.kept_head_swap(heads, self.labels, self.test, device=self.device)
-        with stage("swap (retrained attackers)"):
-            retrained = swap.retrained_swap(
-                lambda spec: self.network.make_head(spec, self.hw),
-                self.labels,
-                self.train,
-                self.test,
-                sources=sources,
-                progress=self.progress,
-                **self._attack,
-            )
-        with stage("attribute inference"):
-            rows = attribute.attribute_inference(
-                retrained, self.tasks, self.private, self.train, self.test, **self._attack
-            )
-        with stage("reconstruction"):
-            recon = reconstruction.reconstruction_attack(
-                self.train,
-                self.test,
-                sources=sources,
-                width=self.budget.decoder_width,
-                progress=self.progress,
-                **self._attack,
-            )
-        with stage("t-SNE"):
-            embedding, similarity = self._compare_modules(out_dir)
-        with stage("producer cost"):
-            cost = producer_cost(load_producer(self.run_dir), heads)
-        swaps = {"kept_heads": kept.to_dict(), "retrained": retrained.to_dict()}
-        plot_swap(swaps, out_dir / "swap_matrix.png")
-        plot_attribute([r.to_dict() for r in rows], out_dir / "attribute_inference.png")
-        reconstruction.plot_reconstructions(recon, out_dir / "reconstruction.png")
-        return {
-            "swap": swaps,
-            "attribute_inference": [r.to_dict() for r in rows],
-            "reconstruction": recon.to_dict(),
-            "tsne": embedding,
-            "similarity": similarity,
-            "cost": cost,
-        }
-
-    def _compare_modules(self, out_dir: Path) -> tuple[dict | None, dict]:
-        """t-SNE and pairwise similarity of every module's features (needs two modules)."""
-        names = [spec.name for spec in self.labels]
-        if len(names) < 2:
-            return None, {}
-        classes = [s.name for s in (*self.private, *self.labels) if not s.is_dense]
-        color = classes[0] if classes else None  # t-SNE points take one class per item
-        embedding = tsne.tsne_embedding(
-            self.test, names, items=self.budget.tsne_items, seed=self.seed, color_label=color
-        )
-        tsne.plot_tsne(embedding, out_dir / "tsne.png")
-        return embedding.to_dict(), tsne.feature_similarity(self.test, names)
+def _context(
+    run_dir: Path,
+    record: dict[str, Any],
+    config: Config,
+    splits: tuple[FeatureSet, FeatureSet],
+    *,
+    out_dir: Path,
+    budget: AttackBudget,
+    device: torch.device,
+    seed: int,
+    progress: bool,
+) -> AuditContext:
+    """What every attack reads: the run's features, labels, consumer architecture and heads."""
+    network = build_network(config)
+    hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
+    labels = tuple(config.all_labels)
+    return AuditContext(
+        run_dir=run_dir,
+        out_dir=out_dir,
+        train=splits[0],
+        test=splits[1],
+        labels=labels,
+        tasks=tuple(record["tasks"]),
+        private=tuple(s for s in labels if s.name in record["private_attributes"]),
+        make_head=lambda spec: network.make_head(spec, hw),
+        heads=dict(load_heads(run_dir)),  # read once: the kept-head swap and the cost
+        budget=budget,
+        device=device,
+        seed=seed,
+        progress=progress,
+    )

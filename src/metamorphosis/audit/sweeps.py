@@ -1,15 +1,18 @@
-"""Trade-off sweeps: utility and leakage vs ε (paper Fig. 7) and vs split index (Table 12).
+"""Trade-off sweeps: utility and leakage as one config value changes.
 
-Each point retrains the audited run's config with one value changed into
-``RUN_DIR/audit/sweeps/<sweep>_<value>/`` (a complete run dir, resumable:
+A sweep is a preset, ``epsilon`` (paper Fig. 7) or ``split`` (Table 12), or
+``KEY=V1,V2,...`` over any dotted config key, with the syntax and YAML values
+of ``--set`` (``privacy.omega=0.0001,0.001,0.01``, ``method=universal,kd-mtl``).
+Each point retrains the audited run's config with that one value changed into
+``RUN_DIR/audit/sweeps/<key>_<value>/`` (a complete run dir, resumable:
 rerunning the audit reuses finished points and resumes interrupted ones),
 then measures on it:
 
 * utility: the test metrics recorded in the point's ``run.json``;
-* leakage: for each private attribute, the best retrained head attacker over
-  the public tasks' features (the audit's stronger protocol), with the
-  audit's attack budget. Without private attributes, the best retrained
-  attacker of each public task from the *other* tasks' features.
+* leakage: for each private attribute, the best attacker (every attacker of
+  the audit, every restart) over the public tasks' features, with the audit's
+  attack budget. Without private attributes, the best attacker of each
+  public task from the *other* tasks' features.
 
 ``ε = ∞`` means no DP noise: the point trains with mode ``task`` (SSIM term,
 no DP-SGD) when the run used task privacy, else mode ``none``.
@@ -17,27 +20,40 @@ no DP-SGD) when the run used task privacy, else mode ``none``.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from matplotlib.figure import Figure
 
-from ..config import MAX_TARGET_EPSILON, Config, config_from_dict, config_to_dict, same_config
+from ..config import (
+    MAX_TARGET_EPSILON,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    same_config,
+)
 from ..errors import ConfigError
 from ..experiment import train_run
 from ..metrics import primary_metric
 from ..models.producer import build_network, count_parameters
 from ..rundir import load_heads, load_producer, read_run_json
+from ..train.methods import resolve_method
+from .attacks.leakage import best_of, measure_leakage
 from .budget import AttackBudget
 from .document import number
 from .inputs import load_audit_data, resolve_device
-from .swap import retrained_swap
 
 __all__ = [
     "DEFAULT_VALUES",
     "SWEEPS",
+    "Sweep",
     "check_sweeps",
     "check_points",
     "point_config",
@@ -49,13 +65,65 @@ DEFAULT_VALUES: dict[str, tuple[float, ...]] = {
     "epsilon": (0.5, 1.0, 2.0, 4.0, 8.0, math.inf),
     "split": (5, 7, 8),
 }
-SWEEPS = tuple(DEFAULT_VALUES)
+SWEEPS = tuple(DEFAULT_VALUES)  # the presets; any dotted config key is a sweep too
+_HEADERS = {"epsilon": "ε", "split": "split"}
 
 
-def point_config(config: Config, sweep: str, value: float, device: str) -> Config:
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep: a preset (``epsilon``, ``split``) or a dotted config key, and its values."""
+
+    key: str
+    values: tuple[Any, ...]
+
+    @property
+    def preset(self) -> bool:
+        return self.key in SWEEPS
+
+
+def parse_sweep(item: str, values: Mapping[str, Sequence[float]]) -> Sweep:
+    """``epsilon`` / ``split`` (values from ``values`` or the defaults), ``epsilon=1,4,inf``,
+    or ``KEY=V1,V2,...`` for any dotted config key (each value read as YAML, as ``--set``)."""
+    key, sep, text = (item or "").partition("=")
+    key = key.strip()
+    if not sep:
+        if key not in SWEEPS:
+            raise ConfigError(
+                f"sweep {key!r} is unknown: expected one of {list(SWEEPS)} or "
+                "KEY=V1,V2,... over a config key (as --set, e.g. privacy.omega=0.001,0.01)"
+            )
+        return Sweep(key, tuple(values.get(key, DEFAULT_VALUES[key])))
+    texts = [t.strip() for t in text.split(",") if t.strip()]
+    if not key or not texts:
+        raise ConfigError(f"sweep {item!r} is invalid: expected KEY=V1,V2,... with values")
+    if key in values:
+        raise ConfigError(f"sweep {key!r} has values twice: in --sweep and in --values")
+    if key in SWEEPS:  # numbers, as --values reads them (inf: a point without DP)
+        try:
+            return Sweep(key, tuple(float(t) for t in texts))
+        except ValueError:
+            raise ConfigError(f"sweep {item!r}: {key} values must be numbers") from None
+    try:
+        parsed = tuple(_yaml_value(t) for t in texts)
+    except yaml.YAMLError:
+        raise ConfigError(f"sweep {item!r}: a value is not valid YAML") from None
+    return Sweep(key, parsed)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _yaml_value(text: str) -> Any:
+    """A value as ``--set`` reads it; ``1e-2`` (which YAML 1.1 keeps a string) as a number."""
+    return float(text) if _NUMBER.fullmatch(text) and "e" in text.lower() else yaml.safe_load(text)
+
+
+def point_config(config: Config, sweep: str, value: Any, device: str) -> Config:
     """``config`` with the swept key set to ``value`` (and ``train.device``)."""
     raw = config_to_dict(config)
     raw["train"]["device"] = device
+    if sweep not in SWEEPS:  # any config key, set as --set sets it
+        return config_from_dict(apply_overrides(raw, [f"{sweep}={json.dumps(value)}"]))
     privacy = raw["privacy"]
     if sweep == "epsilon":
         task_privacy = privacy["mode"] in ("task", "both")
@@ -69,15 +137,22 @@ def point_config(config: Config, sweep: str, value: float, device: str) -> Confi
         if float(value) != int(value):
             raise ConfigError(f"split index {value!r} is invalid: expected an integer")
         raw["model"]["split_index"] = int(value)
-    else:
-        raise ConfigError(f"sweep {sweep!r} is unknown: expected one of {list(SWEEPS)}")
     return config_from_dict(raw)
 
 
-def _value_label(value: float) -> str:
-    if math.isinf(value):
-        return "inf"
-    return f"{value:g}"
+def _value_text(value: Any) -> str:
+    """How a point's value reads in tables and on axes: ``∞`` for no DP, ``4``, ``kd-mtl``."""
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _value_label(value: Any) -> str:
+    """The value in a point's folder name (``inf`` for ∞; other characters as ``_``)."""
+    text = "inf" if _value_text(value) == "∞" else _value_text(value)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
 def _train_point(
@@ -105,7 +180,7 @@ def _leakage(
     seed: int,
     progress: bool,
 ) -> dict[str, float]:
-    """Best retrained attacker per attacked label over the public tasks' features."""
+    """The best attacker per attacked label over the public tasks' features."""
     torch_device = resolve_device(device)
     train, test = load_audit_data(
         point_dir,
@@ -122,7 +197,7 @@ def _leakage(
     targets = private or [s for s in config.all_labels if s.name in tasks]
     network = build_network(config)
     hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
-    result = retrained_swap(
+    result = measure_leakage(
         lambda spec: network.make_head(spec, hw),
         targets,
         train,
@@ -135,10 +210,10 @@ def _leakage(
     )
     leakage = {}
     for spec in targets:
-        higher = primary_metric(spec.kind)[1]
-        cells = [result.matrix[t][spec.name] for t in tasks if t != spec.name]
-        if cells:
-            leakage[spec.name] = max(cells) if higher else min(cells)
+        bests = {e.source: e.best[1] for e in result.entries if e.label == spec.name}
+        if bests:
+            higher = primary_metric(spec.kind)[1]
+            leakage[spec.name] = best_of(bests, higher_is_better=higher)[1]
     return leakage
 
 
@@ -147,15 +222,15 @@ def _size_mb(module) -> float:
 
 
 def _point(
-    run_dir: Path, config: Config, sweep: str, value: float, **options: Any
+    run_dir: Path, config: Config, sweep: Sweep, value: Any, **options: Any
 ) -> dict[str, Any]:
-    out = run_dir / "audit" / "sweeps" / f"{sweep}_{_value_label(value)}"
-    point = point_config(config, sweep, value, options["device"])
+    out = run_dir / "audit" / "sweeps" / f"{sweep.key}_{_value_label(value)}"
+    point = point_config(config, sweep.key, value, options["device"])
     record = _train_point(point, out, options["data_root"], options["progress"])
     producer, heads = load_producer(out), load_heads(out)
     kinds = {spec.name: spec.kind for spec in point.all_labels}
     return {
-        "value": None if math.isinf(value) else value,
+        "value": None if sweep.preset and math.isinf(value) else value,
         "run_dir": str(out),
         "epsilon": record["privacy"]["epsilon"],
         "noise_multiplier": record["privacy"]["noise_multiplier"],
@@ -177,7 +252,7 @@ def sweep_table(sweep: str, points: Sequence[Mapping[str, Any]], config: Config)
     tasks = list(points[0]["utility"])
     leaks = list(points[0]["leakage"])
     header = [
-        "ε" if sweep == "epsilon" else "split",
+        _HEADERS.get(sweep, sweep),
         "measured ε",
         "feature shape",
         "producer MB",
@@ -186,7 +261,7 @@ def sweep_table(sweep: str, points: Sequence[Mapping[str, Any]], config: Config)
     header += [f"{t} (utility)" for t in tasks] + [f"{a} (leakage)" for a in leaks]
     rows = []
     for p in points:
-        value = "∞" if p["value"] is None else f"{p['value']:g}"
+        value = "∞" if p["value"] is None else _value_text(p["value"])
         eps = "—" if p["epsilon"] is None else f"{p['epsilon']:.3g}"
         row = [
             value,
@@ -204,19 +279,23 @@ def sweep_table(sweep: str, points: Sequence[Mapping[str, Any]], config: Config)
 def _plot(sweep: str, points: Sequence[Mapping[str, Any]], path: Path) -> None:
     figure = Figure(figsize=(6.5, 4), layout="constrained")
     axes = figure.subplots()
-    finite = [p["value"] for p in points if p["value"] is not None]
-    infinity = (max(finite) * 2.0) if finite else 1.0
-    xs = [infinity if p["value"] is None else p["value"] for p in points]
+    values = [p["value"] for p in points]
+    numeric = all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None
+    )
+    finite = [v for v in values if v is not None]
+    infinity = (max(finite) * 2.0) if numeric and finite else 1.0
+    xs = [infinity if v is None else v for v in values] if numeric else list(range(len(values)))
     for name in points[0]["utility"]:
         axes.plot(xs, [p["utility"][name] for p in points], "o-", label=f"{name} (utility)")
     for name in points[0]["leakage"]:
         axes.plot(xs, [p["leakage"][name] for p in points], "s--", label=f"{name} (leakage)")
-    labels = ["∞" if p["value"] is None else f"{p['value']:g}" for p in points]
+    labels = ["∞" if v is None else _value_text(v) for v in values]
     if sweep == "epsilon":
         axes.set_xscale("log")
         axes.minorticks_off()
     axes.set_xticks(xs, labels)
-    axes.set_xlabel("target ε" if sweep == "epsilon" else "split index")
+    axes.set_xlabel({"epsilon": "target ε", "split": "split index"}.get(sweep, sweep))
     axes.set_ylabel("test metric")
     axes.legend(fontsize=8)
     figure.savefig(path, dpi=110)
@@ -230,19 +309,31 @@ _DESCRIPTIONS = {
 }
 
 
-def check_sweeps(names: Sequence[str], values: Mapping[str, Sequence[float]]) -> None:
-    """Refuse unknown sweeps, values for sweeps not asked for, and values no point can
-    take, before any expensive work starts."""
-    for name in [*names, *values]:
+def _description(key: str) -> str:
+    return _DESCRIPTIONS.get(
+        key, f"Utility and leakage vs `{key}`. Each point retrains the run's config with it."
+    )
+
+
+def check_sweeps(names: Sequence[str], values: Mapping[str, Sequence[float]]) -> list[Sweep]:
+    """The sweeps asked for; unknown sweeps, values for sweeps not asked for, and preset
+    values no point can take are refused before any expensive work starts."""
+    for name in values:
         if name not in SWEEPS:
             raise ConfigError(f"sweep {name!r} is unknown: expected one of {list(SWEEPS)}")
-    for name, points in values.items():
         if name not in names:
             raise ConfigError(f"values given for sweep {name!r}, which is not asked for")
-        if not points:
+        if not values[name]:
             raise ConfigError(f"sweep {name!r} has no values")
-        for value in points:
-            _check_value(name, value)
+    sweeps = [parse_sweep(item, values) for item in names]
+    keys = [sweep.key for sweep in sweeps]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ConfigError(f"sweep {repeated[0]!r} is asked for twice")
+    for sweep in sweeps:
+        for value in sweep.values if sweep.preset else ():
+            _check_value(sweep.key, value)
+    return sweeps
 
 
 def _check_value(sweep: str, value: float) -> None:
@@ -259,18 +350,21 @@ def _check_value(sweep: str, value: float) -> None:
 
 def check_points(
     config: Config, names: Sequence[str], values: Mapping[str, Sequence[float]]
-) -> None:
-    """Build every point's config (and, for splits, its network), so a split index the
-    encoder does not have fails now, not after the points before it trained for minutes."""
-    check_sweeps(names, values)
-    for sweep in dict.fromkeys(names):
-        for value in values.get(sweep, DEFAULT_VALUES[sweep]):
+) -> list[Sweep]:
+    """Build every point's config, network and training method, so a value the config,
+    the encoder or the method refuses fails now, not after the points before it trained."""
+    sweeps = check_sweeps(names, values)
+    for sweep in sweeps:
+        for value in sweep.values:
             try:
-                point = point_config(config, sweep, float(value), "cpu")
-                if sweep == "split":
+                point = point_config(config, sweep.key, value, "cpu")
+                if sweep.key != "epsilon":
                     build_network(point)
+                resolve_method(point)
             except ConfigError as exc:
-                raise ConfigError(f"sweep {sweep!r} value {value:g}: {exc}") from exc
+                text = _value_text(value)
+                raise ConfigError(f"sweep {sweep.key!r} value {text}: {exc}") from exc
+    return sweeps
 
 
 def run_sweeps(
@@ -287,9 +381,8 @@ def run_sweeps(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Every requested sweep as a report section: description, table, figure, raw points."""
-    check_points(config, names, values)
     sections = {}
-    for sweep in dict.fromkeys(names):
+    for sweep in check_points(config, names, values):
         options = {
             "data_root": data_root,
             "budget": budget,
@@ -297,17 +390,14 @@ def run_sweeps(
             "seed": seed,
             "progress": progress,
         }
-        points = [
-            _point(run_dir, config, sweep, float(v), **options)
-            for v in values.get(sweep, DEFAULT_VALUES[sweep])
-        ]
-        figure = f"sweep_{sweep}.png"
-        _plot(sweep, points, out_dir / figure)
-        sections[sweep] = {
-            "description": _DESCRIPTIONS[sweep],
-            **sweep_table(sweep, points, config),
+        points = [_point(run_dir, config, sweep, v, **options) for v in sweep.values]
+        figure = f"sweep_{sweep.key}.png"
+        _plot(sweep.key, points, out_dir / figure)
+        sections[sweep.key] = {
+            "description": _description(sweep.key),
+            **sweep_table(sweep.key, points, config),
             "figure": figure,
-            "caption": f"Utility and leakage across the {sweep} sweep",
+            "caption": f"Utility and leakage across the {sweep.key} sweep",
             "points": points,
         }
     return sections

@@ -17,7 +17,7 @@ it with numbers:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -31,11 +31,14 @@ from torch import Tensor
 from ..config import PrivacyConfig
 from ..errors import ConfigError
 from ..losses.task_privacy import mean_pairwise_similarity
+from .attacks.base import Attack, AuditContext
+from .document import Document, percent
 from .features import FeatureSet, subset_indices
 
 __all__ = [
     "ASSUMPTION",
     "DEFAULT_SSIM_DATA_RANGE",
+    "TsneComparison",
     "TsneResult",
     "feature_similarity",
     "plot_tsne",
@@ -374,3 +377,62 @@ def plot_tsne(result: TsneResult, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=120)
     return path
+
+
+class TsneComparison(Attack):
+    """``tsne`` and ``similarity`` of the report: every module's features compared (needs two)."""
+
+    name = "tsne"
+    stage = "t-SNE"
+    assumes = ASSUMPTION
+
+    def measure(self, context: AuditContext, report: Mapping[str, Any]) -> dict[str, Any]:
+        names = [spec.name for spec in context.labels]
+        if len(names) < 2:  # one module: nothing to compare
+            return {"tsne": None, "similarity": {}}
+        classes = [s.name for s in (*context.private, *context.labels) if not s.is_dense]
+        color = classes[0] if classes else None  # t-SNE points take one class per item
+        embedding = tsne_embedding(
+            context.test,
+            names,
+            items=context.budget.tsne_items,
+            seed=context.seed,
+            color_label=color,
+        )
+        plot_tsne(embedding, context.out_dir / "tsne.png")
+        return {
+            "tsne": embedding.to_dict(),
+            "similarity": feature_similarity(context.test, names),
+        }
+
+    def section(self, doc: Document, report: Mapping[str, Any]) -> None:
+        tsne = report.get("tsne")
+        if not tsne:  # a producer with one module has nothing to compare
+            return
+        doc.heading("Task features compared (t-SNE)")
+        doc.paragraph(self.assumes)
+        if tsne.get("separation") is not None:
+            doc.paragraph(
+                f"Separation of the sources in the embedding (accuracy of predicting the source "
+                f"from the 2-D point; chance {percent(1 / len(tsne['sources']))}): "
+                f"{percent(tsne['separation'])}."
+            )
+        similarity = report.get("similarity") or {}
+        pairs = sorted(set(similarity.get("ssim", {})) | set(similarity.get("cosine", {})))
+        if pairs:
+            doc.table(
+                ["pair", "mean SSIM", "mean cosine"],
+                [
+                    [
+                        p.replace("|", " / "),
+                        _maybe(similarity.get("ssim", {}).get(p)),
+                        _maybe(similarity.get("cosine", {}).get(p)),
+                    ]
+                    for p in pairs
+                ],
+            )
+        doc.figure("tsne.png", "t-SNE of the features of the same test images, per source")
+
+
+def _maybe(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"

@@ -22,7 +22,7 @@ SSIM), each averaged over the test images.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..losses.ssim import ms_ssim_per_sample, ssim_per_sample
-from ..models.decoders import ReconstructionDecoder
-from .budget import AttackBudget
-from .features import FeatureSet
-from .fitting import fit, predict
+from ...errors import ConfigError
+from ...losses.ssim import ms_ssim_per_sample, ssim_per_sample
+from ...models.decoders import ReconstructionDecoder
+from ..budget import AttackBudget
+from ..document import Document
+from ..features import FeatureSet
+from ..fitting import fit, predict
+from .base import Attack, AuditContext, Finding, finding
 
 __all__ = [
     "ASSUMPTION",
     "METRICS",
+    "Reconstruction",
     "ReconstructionDecoder",
     "ReconstructionResult",
     "image_scores",
@@ -57,6 +60,11 @@ ASSUMPTION = (
 
 METRICS = ("psnr", "ssim", "ms_ssim")
 """The per-source scores, in report order."""
+
+#: Reconstruction PSNR within this many dB of the universal features' is "as invertible".
+SAME_PSNR_DB = 0.5
+#: Reconstruction within this many dB of the mean-image guess has learnt nothing.
+NO_BETTER_THAN_GUESS_DB = 1.0
 
 _MSE_FLOOR = 1e-10  # caps PSNR at 100 dB for a perfect reconstruction instead of +inf
 _SCORE_CHUNK = 256  # test items decoded and scored at a time, so large test sets fit in memory
@@ -331,3 +339,59 @@ def plot_reconstructions(result: ReconstructionResult, path: str | Path) -> Path
     target.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(target, format="png", dpi=100)
     return target
+
+
+class Reconstruction(Attack):
+    """``reconstruction`` of the report: one decoder per source, scored against the mean image."""
+
+    name = "reconstruction"
+    stage = "reconstruction"
+    assumes = ASSUMPTION
+
+    def measure(self, context: AuditContext, report: Mapping[str, Any]) -> dict[str, Any]:
+        result = reconstruction_attack(
+            context.train,
+            context.test,
+            sources=context.sources,
+            budget=context.budget,
+            seed=context.seed,
+            device=context.device,
+            progress=context.progress,
+            width=context.budget.decoder_width,
+        )
+        plot_reconstructions(result, context.out_dir / "reconstruction.png")
+        return {"reconstruction": result.to_dict()}
+
+    def findings(self, report: Mapping[str, Any]) -> list[Finding]:
+        recon = report["reconstruction"]
+        scores, baseline = recon["scores"], recon["baseline"]
+        universal = scores["encoder"]["psnr"]
+        out = []
+        for task in report["run"]["tasks"]:
+            psnr = scores[task]["psnr"]
+            gain = psnr - baseline["psnr"]
+            text = (
+                f"reconstruction from `{task}` features: PSNR {psnr:.2f} dB (universal "
+                f"features {universal:.2f} dB, mean-image guess {baseline['psnr']:.2f} dB)"
+            )
+            if gain <= NO_BETTER_THAN_GUESS_DB:
+                out.append(finding("ok", text + "; no better than the mean-image guess."))
+            elif psnr >= universal - SAME_PSNR_DB:
+                out.append(finding("warning", text + "; as invertible as the universal features."))
+            else:
+                out.append(finding("note", text + f"; {gain:+.2f} dB over the mean-image guess."))
+        return out
+
+    def section(self, doc: Document, report: Mapping[str, Any]) -> None:
+        recon = report["reconstruction"]
+        doc.heading("Reconstruction attack")
+        doc.paragraph(self.assumes)
+        rows = [
+            [f"`{s}`", f"{v['psnr']:.2f}", f"{v['ssim']:.3f}", f"{v['ms_ssim']:.3f}"]
+            for s, v in recon["scores"].items()
+        ]
+        base = recon["baseline"]
+        guess = [f"{base['psnr']:.2f}", f"{base['ssim']:.3f}", f"{base['ms_ssim']:.3f}"]
+        rows.append(["mean-image guess", *guess])
+        doc.table(["features", "PSNR (dB)", "SSIM", "MS-SSIM"], rows)
+        doc.figure("reconstruction.png", "Test images (top) and their reconstructions per source")
