@@ -100,8 +100,10 @@ def _check_per_sample(name: str, mode: str, phase_name: str, tmp_path) -> StepRe
             grad[others],
             atol=1e-6,
             rtol=1e-5,
-            msg=lambda m, p=param: f"{name} / {phase_name}: {p}'s per-sample gradient of "
-            f"sample i changed with sample {CHANGED}: {m}",
+            msg=lambda m, p=param: (
+                f"{name} / {phase_name}: {p}'s per-sample gradient of "
+                f"sample i changed with sample {CHANGED}: {m}"
+            ),
         )
         moved |= not torch.allclose(changed_grads[param][CHANGED], grad[CHANGED])
     assert moved, "the changed sample's own gradient must change (else the check is void)"
