@@ -11,7 +11,6 @@ from metamorphosis.audit.attacks.attacker import holdout_split, make_cell, score
 from metamorphosis.audit.attacks.kept_heads import kept_head_swap
 from metamorphosis.audit.attacks.leakage import attribute_rows, measure_leakage
 from metamorphosis.audit.attacks.linear_probe import LinearProbe
-from metamorphosis.audit.attacks.retrained_head import retrained_swap
 from metamorphosis.audit.attribute import label_floor, majority_rate
 from metamorphosis.audit.budget import AttackBudget
 from metamorphosis.audit.features import FeatureSet, extract_features
@@ -108,7 +107,7 @@ def test_attribute_inference_finds_a_planted_attribute_and_nothing_in_blind_feat
 def test_retrained_swap_is_seeded(scenes):
     train, test = scenes
     first, second = (
-        retrained_swap(
+        measure_leakage(
             _linear_head,
             [COLOUR, BACKGROUND],
             train,
@@ -116,7 +115,8 @@ def test_retrained_swap_is_seeded(scenes):
             sources=["pixels"],
             budget=BUDGET,
             seed=5,
-        )
+            attackers=("retrained_head",),
+        ).retrained
         for _ in range(2)
     )
     assert first.matrix == second.matrix

@@ -10,27 +10,12 @@ swap matrix, diagonal (utility) included.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
 from torch import nn
 
-from ...config import LabelSpec
 from ...errors import ConfigError
-from ..budget import AttackBudget
-from ..features import FeatureSet
-from .attacker import (
-    ATTACKERS,
-    Cell,
-    SwapResult,
-    TrainedAttacker,
-    attack_cells,
-    holdout_split,
-    make_cell,
-)
-from .base import HeadFactory
+from .attacker import ATTACKERS, Cell, TrainedAttacker
 
-__all__ = ["RetrainedHead", "retrained_swap"]
+__all__ = ["RetrainedHead"]
 
 
 @ATTACKERS.register("retrained_head")
@@ -51,53 +36,3 @@ class RetrainedHead(TrainedAttacker):
                 f"to attack {cell.spec.name!r} from {cell.source!r}"
             )
         return cell.make_head(cell.spec)
-
-
-def retrained_swap(
-    make_head: HeadFactory,
-    labels: Sequence[LabelSpec],
-    train: FeatureSet,
-    test: FeatureSet,
-    *,
-    sources: Sequence[str],
-    budget: AttackBudget,
-    seed: int,
-    device: torch.device | str = "cpu",
-    progress: bool = False,
-) -> SwapResult:
-    """A fresh consumer head per (source, label), trained on ``train`` and scored on ``test``;
-    each cell is the best of ``budget.restarts`` restarts.
-
-    Args:
-        make_head: builds a fresh consumer head for a label (the consumer architecture).
-        labels: the labels (columns of the matrix).
-        train: attacker training features and targets.
-        test: held-out features and targets.
-        sources: feature sources (rows), e.g. ``encoder`` and every module.
-        budget: the attacker's training budget.
-        seed: every restart is seeded from this and the cell's names, so it is reproducible.
-        device: where the attackers train.
-        progress: show progress bars.
-    """
-    split = holdout_split(len(train), budget.holdout, seed)
-    cells = [
-        make_cell(
-            spec,
-            source,
-            train,
-            test,
-            split=split,
-            make_head=make_head,
-            budget=budget,
-            device=device,
-            progress=progress,
-        )
-        for source in sources
-        for spec in labels
-    ]
-    result = SwapResult.of("retrained", labels)
-    for cell, attacked in zip(
-        cells, attack_cells(RetrainedHead(), cells, test.targets, seed=seed), strict=True
-    ):
-        result.add(cell.source, cell.spec.name, attacked.details)
-    return result

@@ -7,18 +7,22 @@ task's consumer trained on the same features by the split-learning step. With
 
 from __future__ import annotations
 
-from ..split import StepResult, producer_step
-from .base import Method, PhasePlan, StepInputs
+from .base import PhasePlan
+from .metamorphosis import MetaMorphosis
 from .registry import METHODS
 
 __all__ = ["Universal"]
 
 
 @METHODS.register("universal")
-class Universal(Method):
-    """Universal features: the encoder output, shared by every task."""
+class Universal(MetaMorphosis):
+    """Universal features: the encoder output, shared by every task.
+
+    Its step is the paper's split-learning step (inherited); its phase has no SSIM term.
+    """
 
     name = "universal"
+    add_task = False  # one shared map: no module to add
 
     def check(self) -> None:
         self.require_one_shared_map()
@@ -28,13 +32,3 @@ class Universal(Method):
         everyone = tuple(spec.name for spec in config.all_labels)
         dp = config.privacy.uses_dp
         return [PhasePlan("joint", everyone, True, dp, 0.0, config.train.epochs)]
-
-    def step(self, phase: PhasePlan, inputs: StepInputs) -> StepResult:
-        return producer_step(
-            inputs.model,
-            inputs.optimizer,
-            inputs.images,
-            inputs.targets,
-            inputs.consumers,
-            phase.labels,
-        )
