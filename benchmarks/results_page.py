@@ -120,6 +120,23 @@ def _paper_row(label: str, epsilon: str, cells: list[str]) -> list[str]:
     ]
 
 
+def _paper_rows(table: str, dataset: str, task: str, private: str, source: str) -> list[list[str]]:
+    """The paper's MetaMorphosis and DeepObfuscator rows of a kept-report table: the task,
+    the private attribute from its own features, and the private attribute from ``source``'s."""
+    return [
+        _paper_row(
+            f"{method} (Table {table.removeprefix('table')})",
+            f"{P.setup(dataset)['epsilon']:g}" if method == "MetaMorphosis" else "—",
+            [
+                _pp(table, f"{task} → {task}", method),
+                _pp(table, f"{private} → {private}", method),
+                _pp(table, f"{source} → {private}", method),
+            ],
+        )
+        for method in ("MetaMorphosis", "DeepObfuscator")
+    ]
+
+
 def _paper_scale(dataset: str) -> str:
     info = P.setup(dataset)
     size = info["image_size"]
@@ -199,18 +216,7 @@ def celeba() -> list[str]:
         [
             _row("`none` (universal features)", none_report, none_run, "smile", "gender"),
             _row("`both` (MetaMorphosis)", both_report, both_run, "smile", "gender"),
-            *[
-                _paper_row(
-                    f"{method} (Table 8)",
-                    f"{P.setup('celeba')['epsilon']:g}" if method == "MetaMorphosis" else "—",
-                    [
-                        _pp("table8", "smile → smile", method),
-                        _pp("table8", "gender → gender", method),
-                        _pp("table8", "smile → gender", method),
-                    ],
-                )
-                for method in ("MetaMorphosis", "DeepObfuscator")
-            ],
+            *_paper_rows("table8", "celeba", "smile", "gender", "smile"),
         ],
     )
     lines += [
@@ -273,18 +279,7 @@ def statefarm() -> list[str]:
         [
             _row("`none` (universal features)", none_report, none_run, "behaviour", "driver"),
             _row("`both` (MetaMorphosis)", both_report, both_run, "behaviour", "driver"),
-            *[
-                _paper_row(
-                    f"{method} (Table 7)",
-                    f"{P.setup('statefarm')['epsilon']:g}" if method == "MetaMorphosis" else "—",
-                    [
-                        _pp("table7", "behaviour → behaviour", method),
-                        _pp("table7", "identity → identity", method),
-                        _pp("table7", "behaviour → identity", method),
-                    ],
-                )
-                for method in ("MetaMorphosis", "DeepObfuscator")
-            ],
+            *_paper_rows("table7", "statefarm", "behaviour", "identity", "behaviour"),
         ],
     )
     kept = both_report["swap"]["kept_heads"]["matrix"]["behaviour"]["driver"]
