@@ -3,7 +3,8 @@
 Prints:
   * DP step time / non-private step time for the same GroupNorm producer
     (ResNet-18 split 5, Cross-SEC, 64×64, batch 64), DP on the encoder only
-    (phase 1 of mode ``both``) — target ≤ 1.6, aim ≤ 1.3;
+    (phase 1 of mode ``both``), with the default ``privacy.grad_sampler`` —
+    target ≤ 1.6, aim ≤ 1.3 (``--only samplers``: every grad sampler side by side);
   * the SSIM task-privacy term's share of a (non-DP) step for 2 and 3 tasks
     — target ≤ 5 % and ≤ 10 %.
 
@@ -12,18 +13,23 @@ rounds, and the medians are compared, because these machines are noisy.
 
     python benchmarks/step_cost.py            # full: batch 64, 64×64
     python benchmarks/step_cost.py --quick    # smoke run, small and fast
+    python benchmarks/step_cost.py --only samplers --rounds 6
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import functools
 import statistics
 import time
 import warnings
+from collections.abc import Sequence
 
 import torch
 
-from metamorphosis.config import config_from_dict
+from metamorphosis.config import GRAD_SAMPLERS, config_from_dict
 from metamorphosis.models.producer import build_heads, build_network, build_producer, freeze
 from metamorphosis.privacy.engine import DPEngine, PlannedPhase
 from metamorphosis.train.split import Consumer, producer_step
@@ -87,35 +93,46 @@ def _spread(values: list[float], fmt: str) -> str:
     return f"rounds {format(min(values), fmt)}-{format(max(values), fmt)}"
 
 
-def dp_ratio(encoder: str, size: int, batch: int, rounds: int, per_round: int) -> dict[str, float]:
-    """Median step seconds: encoder-only DP vs the same step without DP."""
+def dp_ratio(
+    encoder: str, size: int, batch: int, rounds: int, per_round: int, samplers: Sequence[str]
+) -> dict[str, float]:
+    """Median step seconds: encoder-only DP with each per-sample gradient path in
+    ``samplers`` (``privacy.grad_sampler``) vs the same step without DP ("plain")."""
     torch.manual_seed(0)
     config, producer, consumers, images, targets = _setup(1, encoder, size, batch)
     names = [s.name for s in config.all_labels]
+    steps = {"plain": _plain_encoder_step(producer, images, targets, consumers, names)}
+    for sampler in samplers:
+        # a copy per sampler: a model takes one set of Opacus hooks
+        model = copy.deepcopy(producer)
+        privacy = dataclasses.replace(config.privacy, grad_sampler=sampler)
+        engine = DPEngine(  # the trainer's DP wiring, as a DP phase of a run uses it
+            privacy,
+            [PlannedPhase("encoder", True, 1)],
+            train_size=100 * batch,
+            batch_size=batch,
+            steps_per_epoch=1,
+            noise_multiplier=1.0,
+        )
+        optimizer = torch.optim.AdamW(_encoder_only(model), lr=1e-4)
+        dp_model, dp_optimizer = engine.wrap(model, optimizer)
+        steps[sampler] = functools.partial(
+            producer_step, dp_model, dp_optimizer, images, targets, consumers, names
+        )
+    return _interleaved(steps, rounds, per_round)
+
+
+def _encoder_only(producer) -> list:
+    """Freeze all but the encoder (phase 1 of mode ``both``); its parameters."""
     freeze(producer, True)
     freeze(producer.encoder, False)
-    encoder_params = list(producer.encoder.parameters())
-    plain_optimizer = torch.optim.AdamW(encoder_params, lr=1e-4)
+    return list(producer.encoder.parameters())
 
-    engine = DPEngine(  # the trainer's DP wiring, as a DP phase of a run uses it
-        config.privacy,
-        [PlannedPhase("encoder", True, 1)],
-        train_size=100 * batch,
-        batch_size=batch,
-        steps_per_epoch=1,
-        noise_multiplier=1.0,
-    )
-    dp_producer, dp_optimizer = engine.wrap(producer, torch.optim.AdamW(encoder_params, lr=1e-4))
 
-    def plain_step():
-        dp_producer.disable_hooks()
-        producer_step(producer, plain_optimizer, images, targets, consumers, names)
-
-    def dp_step():
-        dp_producer.enable_hooks()
-        producer_step(dp_producer, dp_optimizer, images, targets, consumers, names)
-
-    return _interleaved({"plain": plain_step, "dp": dp_step}, rounds, per_round)
+def _plain_encoder_step(producer, images, targets, consumers, names):
+    model = copy.deepcopy(producer)
+    optimizer = torch.optim.AdamW(_encoder_only(model), lr=1e-4)
+    return functools.partial(producer_step, model, optimizer, images, targets, consumers, names)
 
 
 def ssim_share(
@@ -140,24 +157,52 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, few repeats")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="interleaved rounds (default 12; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--only",
+        choices=("dp", "ssim", "samplers"),
+        default=None,
+        help="measure one of the two costs, or the DP cost of every privacy.grad_sampler",
+    )
     args = parser.parse_args()
     if args.quick:
         encoder, size, batch, rounds, per_round = "test_resnet", 32, 16, 2, 2
     else:
         encoder, size, batch, rounds, per_round = "resnet18", 64, 64, 12, 3
+    if args.rounds is not None:
+        if args.rounds < 1:
+            parser.error(f"--rounds {args.rounds} is invalid: expected at least 1")
+        rounds = args.rounds
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, encoder {encoder}, "
         f"{size}x{size}, batch {batch}, {rounds} interleaved rounds x {per_round} steps"
     )
 
-    times = dp_ratio(encoder, size, batch, rounds, per_round)
-    ratio = times["dp"] / times["plain"]
-    ratios = [r["dp"] / r["plain"] for r in times["rounds"]]
-    print(
-        f"DP (encoder only) step {times['dp'] * 1e3:8.1f} ms | plain step "
-        f"{times['plain'] * 1e3:8.1f} ms | ratio {ratio:.2f} ({_spread(ratios, '.2f')})  "
-        "(target <= 1.6, aim <= 1.3)"
-    )
+    if args.only in (None, "dp"):
+        default = config_from_dict({"tasks": [{"name": "t", "kind": "binary"}]})
+        sampler = default.privacy.grad_sampler
+        _print_dp_ratios(dp_ratio(encoder, size, batch, rounds, per_round, [sampler]))
+    if args.only == "samplers":
+        _print_dp_ratios(dp_ratio(encoder, size, batch, rounds, per_round, GRAD_SAMPLERS))
+    if args.only in (None, "ssim"):
+        _print_ssim_shares(encoder, size, batch, rounds, per_round)
+
+
+def _print_dp_ratios(times: dict) -> None:
+    samplers = [name for name in times if name not in ("plain", "rounds")]
+    for sampler in samplers:
+        ratio = times[sampler] / times["plain"]
+        ratios = [r[sampler] / r["plain"] for r in times["rounds"]]
+        print(
+            f"DP (encoder only, {sampler}) step {times[sampler] * 1e3:8.1f} ms | plain step "
+            f"{times['plain'] * 1e3:8.1f} ms | ratio {ratio:.2f} ({_spread(ratios, '.2f')})  "
+            "(target <= 1.6, aim <= 1.3)"
+        )
+
+
+def _print_ssim_shares(encoder: str, size: int, batch: int, rounds: int, per_round: int) -> None:
     for tasks, target in ((2, 5.0), (3, 10.0)):
         times = ssim_share(tasks, encoder, size, batch, rounds, per_round)
         share = 100.0 * max(times["with"] - times["without"], 0.0) / times["with"]

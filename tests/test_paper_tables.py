@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from metamorphosis.audit.run import run_audit
 from metamorphosis.config import config_from_dict
 from metamorphosis.experiment import train_run
+from scripts import load_script
 from tiny import tiny_config_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,17 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tables():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports paper_numbers beside it
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "paper_tables", REPO / "benchmarks" / "paper_tables.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["paper_tables"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+    return load_script("paper_tables")
 
 
 @pytest.mark.parametrize("budget", ["quick", "full"])

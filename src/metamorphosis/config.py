@@ -25,7 +25,8 @@ __all__ = [
     "CLASSIFICATION_KINDS",
     "DENSE_KINDS",
     "PRIVACY_MODES",
-    "PER_TASK_MODULES_METHOD",
+    "PER_TASK_MODULES_METHODS",
+    "DefenceConfig",
     "method_section",
     "MAX_TARGET_EPSILON",
     "LabelSpec",
@@ -51,9 +52,24 @@ DENSE_KINDS = ("segmentation", "depth", "normals")
 LABEL_KINDS = CLASSIFICATION_KINDS + DENSE_KINDS
 PRIVACY_MODES = ("none", "task", "input", "both")
 #: The one method that trains a module per task (the paper's); see ``Config.module_kind``.
-PER_TASK_MODULES_METHOD = "metamorphosis"
+#: The methods that build a metamorphosis module per task (the paper's, and the
+#: defences built on it); every other method publishes one shared map.
+PER_TASK_MODULES_METHODS = frozenset({"metamorphosis", "censor", "nopeek"})
+ERASERS = ("none", "linear")
+#: Largest released map (values per image) a linear eraser is fitted on: its
+#: whitening needs an eigendecomposition of the d × d feature covariance.
+MAX_ERASED_VALUES = 4096
 ACCOUNTANTS = ("prv", "rdp")
 SIMILARITIES = ("ssim", "ms-ssim")
+#: How per-sample gradients are computed (privacy.grad_sampler); all give the same
+#: gradients (tests/train/test_methods_dp_contract.py). ``hooks``: Opacus' per-layer
+#: formulas after the ordinary backward (the default); ``ew``: PyTorch's expanded
+#: weights, which compute them in place of the batch gradient; ``functorch``: ``vmap``
+#: over each layer's gradient. On the conv encoder none was reliably faster than
+#: hooks (``benchmarks/step_cost.py --only samplers``; docs/RESULTS.md). Not offered:
+#: ghost clipping (Opacus 1.6 has ghost norms for Linear and Embedding only, so on a
+#: conv encoder it computes every per-sample gradient anyway and adds a backward pass).
+GRAD_SAMPLERS = ("hooks", "ew", "functorch")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 NORMS = ("group", "batch")
 DEVICES = ("cpu", "cuda", "auto")
@@ -273,9 +289,11 @@ class PrivacyConfig:
     similarity: str = "ssim"
     ssim_data_range: float = 1.0
     freeze_encoder: bool = True
+    grad_sampler: str = "hooks"
 
     def __post_init__(self) -> None:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
+        _check_choice("privacy.grad_sampler", self.grad_sampler, GRAD_SAMPLERS)
         _check_choice("privacy.accountant", self.accountant, ACCOUNTANTS)
         _check_choice("privacy.similarity", self.similarity, SIMILARITIES)
         _check_text_fields(self, "privacy.")
@@ -311,6 +329,47 @@ def _check_target_epsilon(value: Any) -> None:
             f"a finite number in (0, {MAX_TARGET_EPSILON:g}]; "
             "for no DP use privacy.mode=none or task",
         )
+
+
+@dataclass(frozen=True)
+class DefenceConfig:
+    """What the producer does to each public task's features before releasing them.
+
+    Applied after the task's module, in this order (``models/release.py``):
+
+    * ``bottleneck_channels``: a variational information bottleneck of that many
+      channels (mean and log-variance from 1×1 convolutions; training samples
+      with the reparameterisation trick and adds ``beta`` · KL(q(z|x) ‖ N(0, I)));
+      None: no bottleneck. Every label's module gets one (the SSIM term compares
+      maps of one shape), only public tasks' are released.
+    * ``erase: linear``: after training, LEACE erases every private attribute
+      linearly from each public task's (bottleneck) code, and the heads are
+      fine-tuned ``head_epochs`` on the erased release.
+    * ``noise``: Gaussian noise of this standard deviation on the released code,
+      in training (so heads learn to cope) and at release, where the draw is fixed
+      per (image, task, producer secret): releasing an image twice gives the same
+      features, so averaging fetches gains nothing. With a bottleneck its learnt
+      posterior noise is released as well.
+    """
+
+    bottleneck_channels: int | None = None
+    beta: float = 1e-3
+    noise: float = 0.0
+    erase: str = "none"
+    head_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.bottleneck_channels is not None:
+            check_int("defence.bottleneck_channels", self.bottleneck_channels, minimum=1)
+        check_positive("defence.beta", self.beta, allow_zero=True)
+        check_positive("defence.noise", self.noise, allow_zero=True)
+        _check_choice("defence.erase", self.erase, ERASERS)
+        check_int("defence.head_epochs", self.head_epochs, minimum=0)
+
+    @property
+    def active(self) -> bool:
+        """Whether released features differ from the module output."""
+        return self.bottleneck_channels is not None or self.noise > 0 or self.erase != "none"
 
 
 @dataclass(frozen=True)
@@ -358,6 +417,7 @@ class Config:
     private_attributes: tuple[LabelSpec, ...] = ()
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
     method: str = "metamorphosis"
     #: Options sections of training methods, as written (``deepobfuscator: {...}``), by
     #: section name. The method registry (:mod:`metamorphosis.train.methods`) owns their
@@ -399,7 +459,7 @@ class Config:
         encoder output (universal features), and every other method publishes one
         shared map: identity modules.
         """
-        if self.privacy.mode == "none" or self.method != PER_TASK_MODULES_METHOD:
+        if self.privacy.mode == "none" or self.method not in PER_TASK_MODULES_METHODS:
             return "identity"
         return self.model.module
 
@@ -433,6 +493,7 @@ _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "privacy": PrivacyConfig,
     "train": TrainConfig,
+    "defence": DefenceConfig,
 }
 _SCALARS = ("method",)  # top-level keys that are plain values, not sections
 #: The top-level keys every config shares; any other is a training method's options.

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .config import PRIVACY_MODES, Config, config_from_dict, config_to_dict, is_finite_number
 from .data.transforms import ImageTransform
 from .errors import ConfigError, MetaMorphosisError, RunDirError
-from .io import json_safe, save_safetensors, write_json
+from .io import atomic_write, json_safe, save_safetensors, write_json
 from .models.producer import Producer, build_heads, build_network, build_producer
 
 if TYPE_CHECKING:  # loading a run must not import the trainer (and with it Opacus)
@@ -42,6 +42,9 @@ RUN_FORMAT_VERSION = 1
 RUN_JSON = "run.json"
 PRODUCER_FILE = "producer.safetensors"
 HEADS_FILE = "heads.safetensors"
+#: The key of the keyed release noise (hex), beside the weights and readable by the
+#: owner only; never in run.json, which is shared with every consumer.
+RELEASE_KEY_FILE = "release.key"
 
 
 def write_run(
@@ -61,6 +64,8 @@ def write_run(
     _check_trained_weights(config, producer, heads)
     save_safetensors(run_dir / PRODUCER_FILE, producer.state_dict(), {"format": "metamorphosis"})
     save_safetensors(run_dir / HEADS_FILE, heads.state_dict(), {"format": "metamorphosis"})
+    if producer.secret is not None:
+        _write_release_key(run_dir / RELEASE_KEY_FILE, producer.secret)
     with torch.no_grad():
         probe = torch.zeros(1, *producer.input_shape)
         shapes = {name: list(f.shape[1:]) for name, f in producer(probe).items()}
@@ -87,11 +92,44 @@ def write_run(
         "metrics": json_safe(result.utility),
         "swap_matrix": json_safe(result.swap),
         "transform": transform.to_dict(),
+        "defence": config_to_dict(config)["defence"],
+        "release": release_record(producer, result.erased),
         "train_seconds": round(result.seconds, 2),
         **(extra or {}),
     }
     write_json(run_dir / RUN_JSON, record)
     return record
+
+
+def release_record(producer: Producer, erased: Mapping[str, list[str]]) -> dict[str, Any]:
+    """``run.json``'s ``release``: per public task, the release noise's standard deviation
+    added to the code, the bottleneck's channels (its learnt posterior noise comes on
+    top), and the private attributes erased from it."""
+    record = {}
+    for task in producer.tasks:
+        release = producer.release_of(task) if task in producer.releases else None
+        bottleneck = None if release is None or release.bottleneck is None else release.bottleneck
+        record[task] = {
+            "sigma": release.noise if release is not None else 0.0,
+            "bottleneck_channels": bottleneck.mean.out_channels if bottleneck else None,
+            "erased": list(erased.get(task, [])),
+        }
+    return record
+
+
+def _write_release_key(path: Path, secret: bytes) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(secret.hex() + "\n", encoding="ascii"))
+    path.chmod(0o600)
+
+
+def _read_release_key(run_dir: Path) -> bytes | None:
+    path = run_dir / RELEASE_KEY_FILE
+    if not path.exists():
+        return None
+    try:
+        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise RunDirError(f"cannot read {path}: {_one_line(exc)}") from exc
 
 
 def _non_finite(state: Mapping[str, Tensor]) -> list[str]:
@@ -355,6 +393,12 @@ def load_producer(run_dir: str | Path) -> Producer:
         lambda c: build_producer(c, build_network(c), input_shape, preprocess=transform),
     )
     _load_weights(producer, Path(run_dir) / PRODUCER_FILE)
+    producer.secret = _read_release_key(Path(run_dir))
+    if producer.secret is None and any(r.noisy for r in producer.releases.values()):
+        raise RunDirError(
+            f"{run_dir} releases keyed noise but its {RELEASE_KEY_FILE} is missing: "
+            "without it no feature can be released"
+        )
     producer.eval()
     _check_feature_shapes(producer, record, path)
     return producer

@@ -16,7 +16,7 @@ import math
 import pytest
 import torch
 
-from metamorphosis.config import config_from_dict
+from metamorphosis.config import GRAD_SAMPLERS, config_from_dict
 from metamorphosis.data import build_datasets
 from metamorphosis.errors import ConfigError
 from metamorphosis.train.loop import Trainer
@@ -29,9 +29,13 @@ DP_MODES = ("input", "both")  # the privacy modes that plan DP phases
 CHANGED = 3  # the sample that differs between the two batches
 
 
-def _dp_config(name: str, mode: str):
+def _dp_config(name: str, mode: str, grad_sampler: str | None = None, defence: dict | None = None):
     raw = tiny_config_dict(mode, epochs=1, encoder_epochs=1, batch_size=8)
     raw["method"] = name
+    if grad_sampler is not None:
+        raw["privacy"]["grad_sampler"] = grad_sampler
+    if defence is not None:
+        raw["defence"] = defence
     return config_from_dict(raw)
 
 
@@ -83,13 +87,17 @@ def _per_sample_step(trainer: Trainer, phase: PhasePlan, changed: bool):
     return captured, result
 
 
-def _check_per_sample(name: str, mode: str, phase_name: str, tmp_path) -> StepResult:
+def _check_per_sample(
+    name: str, mode: str, phase_name: str, tmp_path, defence: dict | None = None
+) -> StepResult:
     torch.manual_seed(0)
-    first = _trainer(_dp_config(name, mode), tmp_path / "a")
+    first = _trainer(_dp_config(name, mode, defence=defence), tmp_path / "a")
     torch.manual_seed(0)
-    second = _trainer(_dp_config(name, mode), tmp_path / "b")
+    second = _trainer(_dp_config(name, mode, defence=defence), tmp_path / "b")
     phase = next(p for p in first.phases if p.name == phase_name)
+    torch.manual_seed(1)  # the same training noise draws (bottleneck, release noise) in both
     grads, result = _per_sample_step(first, phase, changed=False)
+    torch.manual_seed(1)
     changed_grads, _ = _per_sample_step(second, phase, changed=True)
     assert grads and grads.keys() == changed_grads.keys()
     others = [i for i in range(8) if i != CHANGED]
@@ -168,3 +176,30 @@ def test_the_contract_check_catches_a_batch_statistic(tmp_path):
 
 def test_a_method_subclass_sees_the_base_contract():
     assert issubclass(method_class("metamorphosis"), Method)
+
+
+@pytest.mark.parametrize("sampler", [s for s in GRAD_SAMPLERS if s != "hooks"])
+@pytest.mark.parametrize("phase", ["encoder", "modules"])
+def test_every_grad_sampler_gives_the_per_sample_gradients_of_opacus_hooks(
+    sampler, phase, tmp_path
+):
+    """privacy.grad_sampler changes how per-sample gradients are computed, not what
+    they are (both phases of mode both; the modules phase includes the SSIM term)."""
+    grads = {}
+    for name in ("hooks", sampler):
+        torch.manual_seed(0)
+        trainer = _trainer(_dp_config("metamorphosis", "both", name), tmp_path / name)
+        plan = next(p for p in trainer.phases if p.name == phase)
+        grads[name], _ = _per_sample_step(trainer, plan, changed=False)
+    assert grads["hooks"] and grads["hooks"].keys() == grads[sampler].keys()
+    for param, grad in grads["hooks"].items():
+        torch.testing.assert_close(grads[sampler][param], grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("phase", ["encoder", "modules"])
+def test_the_defence_terms_keep_the_step_per_sample(phase, tmp_path):
+    """The bottleneck's β·KL and the training noise are per-sample too (mode both)."""
+    defence = {"bottleneck_channels": 2, "beta": 0.1, "noise": 0.5}
+    result = _check_per_sample("metamorphosis", "both", phase, tmp_path, defence)
+    print(f"metamorphosis (defence {defence}) phase {phase}: checked {sorted(result.terms)}")
+    assert result.terms["kl_term"] > 0

@@ -4,18 +4,25 @@ Public tasks and private attributes both get a module; only the public ones
 are ever published (``forward`` returns them alone). The private modules are
 what the producer trains against in phase 2 of Algorithm 2 so that public
 features carry as little of the private attributes as possible.
+
+With a ``defence`` configured, each module is followed by its release stage
+(:mod:`.release`: bottleneck, eraser, keyed noise), and what ``forward`` and
+:meth:`Producer.features` return is what is released.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
+import torch
 from torch import Tensor, nn
 
-from ..config import Config, LabelSpec
+from ..config import MAX_ERASED_VALUES, Config, LabelSpec
 from ..errors import ConfigError
 from .encoders import SplitNetwork, create_encoder
 from .metamorphosis import create_module
+from .release import Release, keyed_normal
 
 __all__ = [
     "Producer",
@@ -38,6 +45,9 @@ class Producer(nn.Module):
         private_attributes: names of the producer's hidden labels.
         input_shape: ``(C, H, W)`` of the images the producer expects.
         preprocess: the exact PIL → tensor transform used in training.
+        releases: each label's release stage (none: features are released as the
+            modules give them).
+        secret: the key of the release noise (needed when a release is noisy).
     """
 
     def __init__(
@@ -49,6 +59,8 @@ class Producer(nn.Module):
         private_attributes: Sequence[str] = (),
         input_shape: tuple[int, int, int],
         preprocess=None,
+        releases: nn.ModuleDict | None = None,
+        secret: bytes | None = None,
     ) -> None:
         super().__init__()
         missing = [n for n in (*tasks, *private_attributes) if n not in task_modules]
@@ -60,25 +72,59 @@ class Producer(nn.Module):
         self.private_attributes = list(private_attributes)
         self.input_shape = tuple(input_shape)
         self._preprocess = preprocess
+        self.releases = releases if releases is not None else nn.ModuleDict()
+        self.secret = secret
 
     def encode(self, images: Tensor) -> Tensor:
-        """The shared encoder output ``E(x)``."""
+        """The shared encoder output ``E(x)`` (never released)."""
         return self.encoder(images)
 
-    def features(self, images: Tensor, task: str) -> Tensor:
-        """One label's features ``g_task(E(x))``."""
-        self._check_names([task])
-        return self.task_modules[task](self.encode(images))
+    def features(self, images: Tensor, task: str, *, noise: bool = True) -> Tensor:
+        """One label's released features (``noise=False``: without the release noise)."""
+        return self(images, names=[task], noise=noise)[task]
 
-    def forward(self, images: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self, images: Tensor, names: Sequence[str] | None = None, *, noise: bool = True
+    ) -> dict[str, Tensor]:
         """Features of the public tasks, or of ``names`` (private ones included).
 
-        The encoder runs once and every requested module reads its output.
+        The encoder runs once and every requested module reads its output. In eval
+        mode a public task's features are its release: keyed noise included unless
+        ``noise`` is False; a private attribute's are its noiseless code. In training
+        mode the noise is fresh.
         """
         names = self.tasks if names is None else list(names)
         self._check_names(names)
         shared = self.encode(images)
-        return {name: self.task_modules[name](shared) for name in names}
+        return {
+            name: self._release(name, self.task_modules[name](shared), images, noise)
+            for name in names
+        }
+
+    def _release(self, name: str, features: Tensor, images: Tensor, noise: bool) -> Tensor:
+        if name not in self.releases:
+            return features
+        release = self.release_of(name)
+        draw = None
+        if not self.training and noise and release.noisy and name in self.tasks:
+            if self.secret is None:
+                raise ConfigError(
+                    f"task {name!r} is released with keyed noise but this producer has no "
+                    "release secret (release.key beside its weights)"
+                )
+            shape = release.code_shape(features.shape[1:])
+            draw = keyed_normal(images, name, self.secret, shape)
+        return release(features, draw)
+
+    def release_of(self, name: str) -> Release:
+        """The release stage of a label (a producer built with a ``defence`` has one each)."""
+        return cast(Release, self.releases[name])
+
+    def kl_term(self, names: Sequence[str]) -> Tensor | None:
+        """Per-sample β·KL of the bottlenecks of ``names`` in the last training forward."""
+        terms = [self.release_of(n).kl for n in names if n in self.releases]
+        present = [t for t in terms if t is not None]
+        return torch.stack(present).sum(dim=0) if present else None
 
     def preprocess(self, image) -> Tensor:
         """The exact transform used in training: PIL image → ``C×H×W`` tensor."""
@@ -107,7 +153,8 @@ def build_producer(
     preprocess=None,
 ) -> Producer:
     """A freshly initialised producer for ``config`` on top of ``network``."""
-    channels = network.feature_shape(input_shape)[0]
+    feature_shape = network.feature_shape(input_shape)
+    channels = feature_shape[0]
     modules = nn.ModuleDict(
         {
             spec.name: create_module(
@@ -126,7 +173,62 @@ def build_producer(
         private_attributes=[s.name for s in config.private_attributes],
         input_shape=input_shape,
         preprocess=preprocess,
+        releases=build_releases(config, feature_shape) if config.defence.active else None,
     )
+
+
+def build_releases(config: Config, feature_shape: tuple[int, int, int]) -> nn.ModuleDict:
+    """Every label's release stage (``config.defence``).
+
+    Every label gets the bottleneck (the SSIM term compares maps of one shape); only
+    public tasks get the release noise and the eraser, as only they are released.
+    """
+    defence = config.defence
+    public = {spec.name for spec in config.tasks}
+    eraser_shape = _eraser_shape(config, feature_shape) if defence.erase == "linear" else None
+    return nn.ModuleDict(
+        {
+            spec.name: Release(
+                feature_shape[0],
+                bottleneck_channels=defence.bottleneck_channels,
+                beta=defence.beta,
+                noise=defence.noise if spec.name in public else 0.0,
+                eraser_shape=eraser_shape if spec.name in public else None,
+            )
+            for spec in config.all_labels
+        }
+    )
+
+
+def erased_columns(spec: LabelSpec) -> int:
+    """Columns of a private attribute in the eraser's concept matrix (one-hot; binary: 1)."""
+    if spec.kind == "binary":
+        return 1
+    if spec.num_classes is None:
+        raise ConfigError(f"{spec.name}.num_classes is unknown: read it from the data first")
+    return spec.num_classes
+
+
+def _eraser_shape(config: Config, feature_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """``(d, r)``: released code values per image, concept columns of the private attributes."""
+    private = config.private_attributes
+    if not private:
+        raise ConfigError("defence.erase='linear' erases private attributes: name at least one")
+    dense = [s.name for s in private if s.is_dense]
+    if dense:
+        raise ConfigError(f"defence.erase='linear' erases classification labels; {dense} are dense")
+    channels, height, width = feature_shape
+    if config.defence.bottleneck_channels is not None:
+        channels = config.defence.bottleneck_channels
+    values = channels * height * width
+    if values > MAX_ERASED_VALUES:
+        most = max(1, MAX_ERASED_VALUES // (height * width))
+        raise ConfigError(
+            f"defence.erase='linear' fits a {values}×{values} covariance "
+            f"({channels}×{height}×{width} values per image; at most {MAX_ERASED_VALUES}): "
+            f"set defence.bottleneck_channels to {most} or fewer"
+        )
+    return values, sum(erased_columns(s) for s in private)
 
 
 def build_heads(

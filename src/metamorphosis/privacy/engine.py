@@ -19,6 +19,8 @@ from typing import cast
 
 import torch
 from opacus import GradSampleModule
+from opacus.grad_sample.gsm_base import AbstractGradSampleModule
+from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
@@ -54,6 +56,21 @@ class _NonEmptyBatches(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         return (list(batch) for batch in self.sampler if len(batch) > 0)
+
+
+class _ExpandedWeights(GradSampleModuleExpandedWeights):
+    """Expanded weights that start each step afresh.
+
+    PyTorch's expanded weights refuse a forward pass while any parameter still
+    holds ``grad_sample`` (they would accumulate). The optimiser's step has used
+    the previous step's per-sample gradients by then, so a forward pass clears
+    them: a method need not zero gradients before its forward pass.
+    """
+
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        for param in self._module.parameters():
+            param.grad_sample = None
+        return super().forward(x, *args, **kwargs)
 
 
 class DPEngine:
@@ -135,8 +152,16 @@ class DPEngine:
     def wrap(
         self, model: nn.Module, optimizer: torch.optim.Optimizer
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Per-sample gradients for ``model``; clipping and noise in ``optimizer``'s step."""
-        private_model = GradSampleModule(model, loss_reduction="mean")
+        """Per-sample gradients for ``model`` (``privacy.grad_sampler``'s way); clipping and
+        noise in ``optimizer``'s step."""
+        private_model: AbstractGradSampleModule
+        if self.privacy.grad_sampler == "ew":
+            private_model = _ExpandedWeights(model, loss_reduction="mean")
+        else:
+            functorch = self.privacy.grad_sampler == "functorch"
+            private_model = GradSampleModule(
+                model, loss_reduction="mean", force_functorch=functorch
+            )
         private_optimizer = DPOptimizer(
             optimizer,
             noise_multiplier=float(self.noise_multiplier or 0.0),
@@ -149,7 +174,7 @@ class DPEngine:
     @staticmethod
     def unwrap(model: nn.Module) -> None:
         """Take the per-sample hooks and ``grad_sample`` attributes off a wrapped model."""
-        if isinstance(model, GradSampleModule):
+        if isinstance(model, AbstractGradSampleModule):
             model.cleanup()
 
     # -- accounting -----------------------------------------------------------------

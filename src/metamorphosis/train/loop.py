@@ -26,13 +26,13 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence, Sized
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -42,9 +42,11 @@ from ..errors import CheckpointError, ConfigError, DataError, MetaMorphosisError
 from ..io import atomic_write, json_safe, remove_stale_temporaries
 from ..models.encoders import load_pretrained
 from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
+from ..models.release import new_secret
 from ..privacy.accounting import DPPhase
 from ..privacy.engine import DPEngine, PlannedPhase
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .erasure import finetune_heads, fit_erasers
 from .evaluate import evaluate
 from .methods import MethodContext, PhasePlan, StepInputs, resolve_method
 from .remote import RemoteConsumer, TrainingHub, check_remote_method
@@ -54,7 +56,7 @@ __all__ = ["PhasePlan", "plan_phases", "Trainer", "TrainResult", "make_optimizer
 
 LOG_EVERY_STEPS = 10
 METRICS_NAME = "metrics.jsonl"
-#: Run-dir files written with ``atomic_write`` while training (the last three by
+#: Run-dir files written with ``atomic_write`` while training (the last four by
 #: ``rundir.write_run``); a kill mid-write leaves a temporary of one of them behind.
 ATOMIC_RUN_FILES = (
     CHECKPOINT_NAME,
@@ -62,6 +64,7 @@ ATOMIC_RUN_FILES = (
     "run.json",
     "producer.safetensors",
     "heads.safetensors",
+    "release.key",
 )
 _RESTART = "delete it to restart training from scratch"
 #: Checkpoint entries the trainer reads back, and the types they must have.
@@ -92,6 +95,8 @@ class TrainResult:
     noise_multiplier: float | None
     sample_rate: float
     seconds: float
+    #: ``{task: [private attributes erased from its release]}`` (``defence.erase``).
+    erased: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _load_remote_head(head: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
@@ -202,6 +207,41 @@ def _size(dataset: Dataset) -> int:
     return len(cast(Sized, dataset))
 
 
+class _ClassPriors(Mapping[str, torch.Tensor]):
+    """Each classification label's class frequencies in the train split.
+
+    Counted on first use: only a method that reads them (``censor``) pays for a
+    pass over the labels (which renders every synthetic scene).
+    """
+
+    def __init__(self, train: Dataset, config: Config) -> None:
+        self._train = train
+        self._specs = {spec.name: spec for spec in config.all_labels if not spec.is_dense}
+        self._priors: dict[str, torch.Tensor] = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._priors:
+            spec = self._specs[name]  # a KeyError for any other name, as a dict gives
+            targets = _class_targets(self._train, name)
+            counts = torch.bincount(targets, minlength=spec.num_classes or 0)
+            self._priors[name] = counts.float() / counts.sum()
+        return self._priors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+
+def _class_targets(train: Dataset, name: str) -> torch.Tensor:
+    """Every train item's class id, from the label files where the dataset can read them."""
+    read = getattr(train, "class_targets", None)
+    if read is not None:
+        return torch.as_tensor(read(name), dtype=torch.long)
+    return torch.stack([torch.as_tensor(train[i][1][name]).long() for i in range(_size(train))])
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -261,6 +301,9 @@ class Trainer:
         self.producer: Producer = build_producer(
             config, self.network, data.input_shape, preprocess=data.transform
         ).to(self.device)
+        if any(release.noisy for release in self.producer.releases.values()):
+            self.producer.secret = new_secret()  # the key of the keyed release noise
+        self.erased: dict[str, list[str]] = {}
         self.heads = build_heads(config.all_labels, self.network, data.input_shape).to(self.device)
         self.method = resolve_method(config)
         context = MethodContext(
@@ -269,6 +312,7 @@ class Trainer:
             feature_shape=self.network.feature_shape(data.input_shape),
             heads=self.heads,
             to_pixels=data.transform.to_pixels,
+            class_priors=_ClassPriors(data.train, config),
         )
         self.method_state = self.method.build_state(context).to(self.device)
         head_lr = config.train.head_lr or config.train.lr
@@ -368,9 +412,7 @@ class Trainer:
         totals: dict[str, float] = {}
         seen = 0
         for step, (images, targets, index) in enumerate(bar):
-            if self.remote is not None:
-                item_ids = self.data.train.item_ids  # type: ignore[attr-defined]
-                self.remote.current_ids = [item_ids[i] for i in index.tolist()]
+            self._on_batch(index)
             images = images.to(self.device)
             targets = {k: v.to(self.device) for k, v in targets.items()}
             result = self._step(phase, model, optimizer, images, targets)
@@ -428,6 +470,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": json.dumps(config_to_dict(self.config), sort_keys=True),
             "noise_multiplier": self.privacy.noise_multiplier,
+            "release_secret": self.producer.secret.hex() if self.producer.secret else "",
+            "erased": json.dumps(self.erased),
         }
 
     def _resume(self) -> dict[str, Any] | None:
@@ -453,6 +497,9 @@ class Trainer:
         optimizers = state.get("auxiliary_optimizers", {})
         _restore(path, "method optimizers", method_state.load_optimizer_states, optimizers)
         _restore(path, "random state", torch.set_rng_state, state["torch_rng"])
+        if state.get("release_secret"):
+            self.producer.secret = bytes.fromhex(state["release_secret"])
+        self.erased = json.loads(state.get("erased", "{}"))
         _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
         return state
 
@@ -520,6 +567,8 @@ class Trainer:
                 )
             self.privacy.unwrap(model)  # hooks and grad_sample attributes off the producer
             freeze(self.producer, False)
+        if self.config.defence.erase == "linear" and not self.erased:
+            self._erase(steps_done, log, log_path)
         if self.remote is not None:  # the remote heads, for the run's own evaluation
             for name, state in self.remote.request_heads(self.remote.timeout).items():
                 _load_remote_head(self.heads[name], state, name)
@@ -536,7 +585,41 @@ class Trainer:
             noise_multiplier=self.privacy.noise_multiplier,
             sample_rate=self.privacy.sample_rate,
             seconds=time.perf_counter() - started,
+            erased=dict(self.erased),
         )
+
+    def _erase(self, steps_done: list[int], log, log_path: Path) -> None:
+        """Fit the erasers, fine-tune the heads on the erased release, checkpoint."""
+        t0 = time.perf_counter()
+        self.erased = fit_erasers(
+            self.producer, self._eval_loader(self.data.train), self.config, self.device
+        )
+        tasks = [spec.name for spec in self.config.tasks]
+        epochs = self.config.defence.head_epochs
+        for epoch in range(epochs):
+            epoch_seed = self.config.train.seed * 1_000_003 + len(self.phases) * 1009 + epoch
+            loader = self._loader(self.data.train, dp=False, epoch_seed=epoch_seed)
+            finetune_heads(
+                self.producer, self.consumers, loader, tasks, self.device, self._on_batch
+            )
+        self.producer.train()
+        log(
+            {
+                "event": "erase",
+                "erased": self.erased,
+                "head_epochs": epochs,
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
+        size = log_path.stat().st_size if log_path.exists() else 0
+        state = self._checkpoint_state(len(self.phases), 0, steps_done, None, size)
+        save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+
+    def _on_batch(self, index: Tensor) -> None:
+        """Before a batch's consumer steps: remote consumers look their labels up by id."""
+        if self.remote is not None:
+            item_ids = self.data.train.item_ids  # type: ignore[attr-defined]
+            self.remote.current_ids = [item_ids[i] for i in index.tolist()]
 
     def _validate(self, phase: PhasePlan, loader: DataLoader) -> dict[str, dict[str, float]]:
         """Validation metrics of the phase's local labels (none while teachers train)."""

@@ -12,7 +12,7 @@ gradients without ever seeing a consumer's labels or weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +22,29 @@ from torch import Tensor, nn
 from ..config import LabelSpec
 from ..losses import task_loss, task_privacy_loss
 
-__all__ = ["Consumer", "ConsumerLike", "ConsumerReply", "StepResult", "producer_step"]
+__all__ = [
+    "Consumer",
+    "ConsumerLike",
+    "ConsumerReply",
+    "ExtraTerms",
+    "StepResult",
+    "producer_step",
+    "unwrapped",
+]
+
+
+#: A method's extra loss terms: features by name → weighted scalar terms by name.
+ExtraTerms = Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The producer inside an Opacus wrapper (the model itself when not wrapped)."""
+    return getattr(model, "_module", model)
+
+
+def _bottleneck_kl(producer: nn.Module, names: Sequence[str]) -> Tensor | None:
+    kl_term = getattr(unwrapped(producer), "kl_term", None)
+    return kl_term(names) if kl_term is not None else None
 
 
 @dataclass
@@ -92,6 +114,7 @@ def producer_step(
     omega: float = 0.0,
     similarity: str = "ssim",
     data_range: float = 1.0,
+    extra_terms: ExtraTerms | None = None,
 ) -> StepResult:
     """One split-learning step for the labels in ``names``.
 
@@ -107,26 +130,34 @@ def producer_step(
         compared: more labels whose (frozen) modules' features enter the
             task-privacy term but get no consumer step (adding a task).
         omega: weight of the task-privacy term ω·Σ_{i≠j} SSIM(g_i, g_j).
+        extra_terms: a method's own loss terms: given the features by name, the
+            weighted scalar terms by name (logged under those names). In a DP phase
+            each must be a mean of per-sample values.
     """
     features = producer(images, names=[*names, *(n for n in compared if n not in names)])
     replies = {name: consumers[name].step(features[name], targets[name]) for name in names}
     roots = [features[name] for name in names]
     grads = [replies[name].grad for name in names]
-    privacy_value = 0.0
+    scalars: dict[str, Tensor] = {}
+    kl = _bottleneck_kl(producer, names)
+    if kl is not None:  # the bottlenecks' β·KL, a per-sample term like the SSIM one
+        scalars["kl_term"] = kl.mean()
     if omega > 0 and len(features) >= 2:
         per_sample = task_privacy_loss(
             features, omega=omega, similarity=similarity, data_range=data_range
         )
-        privacy_term = per_sample.mean()
-        privacy_value = float(privacy_term.detach())
-        roots.append(privacy_term)
-        grads.append(torch.ones_like(privacy_term))
+        scalars["ssim_term"] = per_sample.mean()
+    if extra_terms is not None:
+        scalars.update(extra_terms(features))
+    roots += list(scalars.values())
+    grads += [torch.ones_like(term) for term in scalars.values()]
     if optimizer is not None:
         optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward(roots, grads)
         optimizer.step()
+    terms = {"ssim_term": 0.0, **{name: float(term.detach()) for name, term in scalars.items()}}
     return StepResult(
         losses={name: reply.loss for name, reply in replies.items()},
-        terms={"ssim_term": privacy_value},
+        terms=terms,
         batch_size=int(images.shape[0]),
     )

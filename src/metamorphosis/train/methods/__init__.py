@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from ...config import CORE_KEYS, Config
 from ...errors import ConfigError
-from . import deepobfuscator, kd_mtl, metamorphosis, universal  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    censor,
+    deepobfuscator,
+    kd_mtl,
+    metamorphosis,
+    nopeek,
+    universal,
+)
 from .base import Method, MethodContext, NoOptions, PhasePlan, StepInputs, TrainingState
 from .registry import METHODS, method_class
 

@@ -21,7 +21,7 @@ every registered method.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -90,6 +90,9 @@ class MethodContext:
     feature_shape: tuple[int, int, int]
     heads: nn.ModuleDict
     to_pixels: Callable[[Tensor], Tensor]  # model input → pixels in [0, 1]
+    #: Classification label → its class frequencies in the train split (``censor``'s
+    #: target distribution); binary labels as ``[P(0), P(1)]``.
+    class_priors: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass

@@ -17,7 +17,7 @@ of per-sample similarities, so the step is DP-valid.
 
 from __future__ import annotations
 
-from ..split import StepResult, producer_step
+from ..split import ExtraTerms, StepResult, producer_step
 from .base import Method, PhasePlan, StepInputs
 from .registry import METHODS
 
@@ -66,4 +66,9 @@ class MetaMorphosis(Method):
             omega=phase.omega,
             similarity=privacy.similarity,
             data_range=privacy.ssim_data_range,
+            extra_terms=self.extra_terms(phase, inputs),
         )
+
+    def extra_terms(self, phase: PhasePlan, inputs: StepInputs) -> ExtraTerms | None:
+        """A subclass's own loss terms for this step, added to the same backward pass."""
+        return None

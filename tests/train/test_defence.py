@@ -1,0 +1,142 @@
+"""Training with a defence: bottleneck, linear erasure, keyed release noise, end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sklearn.linear_model import LogisticRegression
+
+from metamorphosis.config import LabelSpec, config_from_dict
+from metamorphosis.data import build_datasets
+from metamorphosis.errors import ConfigError, RunDirError
+from metamorphosis.experiment import add_task, train_run
+from metamorphosis.rundir import RELEASE_KEY_FILE, load_producer
+from metamorphosis.serve.app import create_app
+from metamorphosis.serve.codec import decode_tensors
+from metamorphosis.serve.server import build_service, key_store
+from tiny import tiny_config_dict
+
+DEFENCE = {"bottleneck_channels": 2, "beta": 0.01, "noise": 0.3, "erase": "linear"}
+
+
+def _config(mode: str = "both", **defence):
+    raw = tiny_config_dict(mode, epochs=1)
+    raw["defence"] = defence or DEFENCE
+    return config_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def defended_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("defence") / "run"
+    record = train_run(_config(), out, progress=False)
+    return out, record
+
+
+def test_run_json_records_the_defence_and_each_release_but_never_the_secret(defended_run):
+    out, record = defended_run
+    assert record["defence"] == {**_config().defence.__dict__}
+    for task in ("shape", "large"):
+        assert record["release"][task] == {
+            "sigma": 0.3,
+            "bottleneck_channels": 2,
+            "erased": ["background"],
+        }
+    key_path = out / RELEASE_KEY_FILE
+    secret = key_path.read_text().strip()
+    assert len(bytes.fromhex(secret)) == 32
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    assert secret not in (out / "run.json").read_text()
+
+
+def test_the_log_has_the_kl_term_and_the_erase_step(defended_run):
+    out, _ = defended_run
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r.get("event") == "epoch"]
+    assert all(r["train"]["kl_term"] > 0 for r in epochs)
+    erase = [r for r in records if r.get("event") == "erase"]
+    assert len(erase) == 1 and erase[0]["erased"] == {
+        "shape": ["background"],
+        "large": ["background"],
+    }
+
+
+def test_released_features_are_fixed_per_image_and_noisy(defended_run):
+    out, _ = defended_run
+    producer = load_producer(out)
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        first = producer(images)
+        again = load_producer(out)(images)
+        clean = {task: producer.features(images, task, noise=False) for task in producer.tasks}
+    for task in producer.tasks:
+        torch.testing.assert_close(first[task], again[task], rtol=0, atol=0)
+        assert float((first[task] - clean[task]).abs().mean()) > 1e-3
+
+
+def test_no_linear_probe_beats_the_majority_on_the_erased_training_features(defended_run):
+    out, _ = defended_run
+    config = _config()
+    data = build_datasets(config.data, config.all_labels, seed=config.train.seed)
+    producer = load_producer(out)
+    items = [data.train[i] for i in range(len(data.train))]
+    images = torch.stack([image for image, _ in items])
+    labels = torch.stack([torch.as_tensor(t["background"]) for _, t in items]).numpy()
+    majority = max(labels.mean(), 1 - labels.mean())
+    with torch.no_grad():
+        for task in producer.tasks:
+            erased = producer.features(images, task, noise=False).flatten(1).numpy()
+            probe = LogisticRegression(max_iter=2000).fit(erased, labels)
+            assert probe.score(erased, labels) <= majority + 0.01, task
+            eraser = producer.release_of(task).eraser
+            eraser.fitted.fill_(False)  # the same code, not erased: the probe can tell
+            kept = producer.features(images, task, noise=False).flatten(1).numpy()
+            probe = LogisticRegression(max_iter=2000).fit(kept, labels)
+            assert probe.score(kept, labels) > majority + 0.05, task
+
+
+def test_the_service_releases_exactly_what_load_producer_gives(defended_run):
+    out, _ = defended_run
+    service = build_service(out)
+    secret = key_store(out).issue("shape").secret
+    client = TestClient(create_app(service))
+    headers = {"Authorization": f"Bearer {secret}"}
+    ids = client.get("/v1/tasks/shape/items", headers=headers).json()["ids"][:5]
+    response = client.get(
+        "/v1/tasks/shape/features", params={"ids": ",".join(ids)}, headers=headers
+    )
+    served, _ = decode_tensors(response.content)
+    with torch.no_grad():
+        expected = load_producer(out).features(service.source.images(ids), task="shape")
+    torch.testing.assert_close(served["features"], expected, rtol=0, atol=0)
+
+
+def test_a_run_without_its_release_key_cannot_release(defended_run, tmp_path):
+    out, _ = defended_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / RELEASE_KEY_FILE).unlink()
+    with pytest.raises(RunDirError, match="release.key is missing"):
+        load_producer(copy)
+
+
+def test_add_task_refuses_a_defended_run(defended_run):
+    out, _ = defended_run
+    with pytest.raises(ConfigError, match="add-task on a run with a defence"):
+        add_task(out, LabelSpec("count", "count", "multiclass"), progress=False)
+
+
+def test_noise_alone_trains_without_a_bottleneck_or_eraser(tmp_path):
+    record = train_run(_config("input", noise=0.5), tmp_path / "run", progress=False)
+    assert record["release"]["shape"] == {"sigma": 0.5, "bottleneck_channels": None, "erased": []}
+    assert record["privacy"]["epsilon"] is not None  # the noise layer trains under DP
+
+
+def test_an_undefended_run_records_a_noiseless_release_and_no_key(tmp_path):
+    raw = tiny_config_dict("none", epochs=1)
+    record = train_run(config_from_dict(raw), tmp_path / "run", progress=False)
+    assert record["release"]["large"] == {"sigma": 0.0, "bottleneck_channels": None, "erased": []}
+    assert not (tmp_path / "run" / RELEASE_KEY_FILE).exists()
