@@ -23,6 +23,7 @@ from .data.transforms import ImageTransform
 from .errors import ConfigError, MetaMorphosisError, RunDirError
 from .io import atomic_write, json_safe, save_safetensors, write_json
 from .models.producer import Producer, build_heads, build_network, build_producer
+from .models.release import SECRET_BYTES
 
 if TYPE_CHECKING:  # loading a run must not import the trainer (and with it Opacus)
     from .train.loop import TrainResult
@@ -127,9 +128,14 @@ def _read_release_key(run_dir: Path) -> bytes | None:
     if not path.exists():
         return None
     try:
-        return bytes.fromhex(path.read_text(encoding="ascii").strip())
+        secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RunDirError(f"cannot read {path}: {_one_line(exc)}") from exc
+    if len(secret) != SECRET_BYTES:  # a short key would make the noise guessable
+        raise RunDirError(
+            f"{path} holds a {len(secret)}-byte key; a release key has {SECRET_BYTES} bytes"
+        )
+    return secret
 
 
 def _non_finite(state: Mapping[str, Tensor]) -> list[str]:

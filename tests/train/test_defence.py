@@ -123,6 +123,18 @@ def test_a_run_without_its_release_key_cannot_release(defended_run, tmp_path):
         load_producer(copy)
 
 
+def test_a_short_or_damaged_release_key_is_refused(defended_run, tmp_path):
+    out, _ = defended_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    (copy / RELEASE_KEY_FILE).write_text("00ff\n")
+    with pytest.raises(RunDirError, match="holds a 2-byte key"):
+        load_producer(copy)
+    (copy / RELEASE_KEY_FILE).write_text("not hex\n")
+    with pytest.raises(RunDirError, match="cannot read"):
+        load_producer(copy)
+
+
 def test_add_task_refuses_a_defended_run(defended_run):
     out, _ = defended_run
     with pytest.raises(ConfigError, match="add-task on a run with a defence"):

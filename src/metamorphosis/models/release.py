@@ -30,7 +30,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LinearEraser", "Release", "VariationalBottleneck", "keyed_normal", "new_secret"]
+__all__ = [
+    "SECRET_BYTES",
+    "LinearEraser",
+    "Release",
+    "VariationalBottleneck",
+    "gaussian_kl",
+    "keyed_normal",
+    "new_secret",
+]
 
 SECRET_BYTES = 32
 
