@@ -51,9 +51,9 @@ CLASSIFICATION_KINDS = ("binary", "multiclass")
 DENSE_KINDS = ("segmentation", "depth", "normals")
 LABEL_KINDS = CLASSIFICATION_KINDS + DENSE_KINDS
 PRIVACY_MODES = ("none", "task", "input", "both")
-#: The one method that trains a module per task (the paper's); see ``Config.module_kind``.
 #: The methods that build a metamorphosis module per task (the paper's, and the
-#: defences built on it); every other method publishes one shared map.
+#: defences built on it); every other method publishes one shared map
+#: (``Config.module_kind``).
 PER_TASK_MODULES_METHODS = frozenset({"metamorphosis", "censor", "nopeek"})
 ERASERS = ("none", "linear")
 #: Largest released map (values per image) a linear eraser is fitted on: its
