@@ -18,6 +18,7 @@ from metamorphosis.rundir import RELEASE_KEY_FILE, load_producer
 from metamorphosis.serve.app import create_app
 from metamorphosis.serve.codec import decode_tensors
 from metamorphosis.serve.server import build_service, key_store
+from metamorphosis.train.loop import Trainer
 from tiny import tiny_config_dict
 
 DEFENCE = {"bottleneck_channels": 2, "beta": 0.01, "noise": 0.3, "erase": "linear"}
@@ -62,6 +63,20 @@ def test_the_log_has_the_kl_term_and_the_erase_step(defended_run):
         "shape": ["background"],
         "large": ["background"],
     }
+
+
+def test_each_release_stage_trains_with_its_module(tmp_path):
+    config = _config()
+    data = build_datasets(config.data, config.all_labels, seed=config.train.seed)
+    config = config.with_label_classes(data.num_classes)
+    trainer = Trainer(config, data, tmp_path, progress=False)
+    before = {k: v.clone() for k, v in trainer.producer.releases.state_dict().items()}
+    trainer.fit()
+    after = trainer.producer.releases.state_dict()
+    for label in ("shape", "large", "background"):  # public and private bottlenecks
+        for part in ("bottleneck.mean.weight", "bottleneck.log_var.weight", "expand.weight"):
+            key = f"{label}.{part}"
+            assert not torch.equal(before[key], after[key]), key
 
 
 def test_released_features_are_fixed_per_image_and_noisy(defended_run):

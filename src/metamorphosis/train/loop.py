@@ -380,6 +380,8 @@ class Trainer:
             freeze(self.producer.encoder, False)
         for name in phase.labels:
             freeze(self.producer.task_modules[name], False)
+            if name in self.producer.releases:  # the module's bottleneck trains with it
+                freeze(self.producer.releases[name], False)
         params = [p for p in self.producer.parameters() if p.requires_grad]
         params += self.method.extra_parameters(phase)
         if not params:
