@@ -6,7 +6,9 @@ Prints:
     (phase 1 of mode ``both``), with the default ``privacy.grad_sampler`` —
     target ≤ 1.6, aim ≤ 1.3 (``--only samplers``: every grad sampler side by side);
   * the SSIM task-privacy term's share of a (non-DP) step for 2 and 3 tasks
-    — target ≤ 5 % and ≤ 10 %.
+    — target ≤ 5 % and ≤ 10 %;
+  * a defended DP step (``DEFENDED``: censor on a bottleneck with release noise)
+    / the undefended DP step of the paper's method — target ≤ 1.5.
 
 Both sides of each ratio run interleaved in the same process, alternating
 rounds, and the medians are compared, because these machines are noisy.
@@ -32,6 +34,7 @@ import torch
 from metamorphosis.config import GRAD_SAMPLERS, config_from_dict
 from metamorphosis.models.producer import build_heads, build_network, build_producer, freeze
 from metamorphosis.privacy.engine import DPEngine, PlannedPhase
+from metamorphosis.train.methods import MethodContext, StepInputs, resolve_method
 from metamorphosis.train.split import Consumer, producer_step
 
 
@@ -152,6 +155,75 @@ def ssim_share(
     return _interleaved({"without": step(0.0), "with": step(0.001)}, rounds, per_round)
 
 
+#: The defended step against the undefended DP step it builds on (phase ``modules`` of
+#: mode ``both``, DP, SSIM on; one public task and one private attribute): censoring
+#: against 3 restarted adversaries, on an 8-channel bottleneck with release noise.
+DEFENDED = {"method": "censor", "defence": {"bottleneck_channels": 8, "noise": 0.5}}
+
+
+def defence_ratio(
+    encoder: str, size: int, batch: int, rounds: int, per_round: int
+) -> dict[str, float]:
+    """Median step seconds: the DP modules step of the paper's method, and defended."""
+    steps = {}
+    for name, extra in (("undefended", {}), ("defended", DEFENDED)):
+        torch.manual_seed(0)
+        steps[name] = _dp_method_step(extra, encoder, size, batch)
+    return _interleaved(steps, rounds, per_round)
+
+
+def _dp_method_step(extra: dict, encoder: str, size: int, batch: int):
+    """One DP step of phase ``modules``, taken by the method as the trainer takes it."""
+    config = config_from_dict(
+        {
+            "model": {"encoder": encoder, "split_index": 5, "module": "cross-sec"},
+            "tasks": [{"name": "t0", "kind": "binary"}],
+            "private_attributes": [{"name": "p0", "kind": "binary"}],
+            "privacy": {"mode": "both", "omega": 0.001},
+            **extra,
+        }
+    )
+    shape = (3, size, size)
+    network = build_network(config)
+    producer = build_producer(config, network, shape)
+    heads = build_heads(config.all_labels, network, shape)
+    method = resolve_method(config)
+    method.build_state(
+        MethodContext(
+            network=network,
+            input_shape=shape,
+            feature_shape=network.feature_shape(shape),
+            heads=heads,
+            to_pixels=lambda x: x,
+            class_priors={s.name: torch.tensor([0.5, 0.5]) for s in config.all_labels},
+        )
+    )
+    phase = next(p for p in method.phases() if p.name == "modules")
+    freeze(producer, True)
+    for name in phase.labels:  # what the trainer's phase setup trains
+        freeze(producer.task_modules[name], False)
+        if name in producer.releases:
+            freeze(producer.releases[name], False)
+    engine = DPEngine(
+        config.privacy,
+        [PlannedPhase("modules", True, 1)],
+        train_size=100 * batch,
+        batch_size=batch,
+        steps_per_epoch=1,
+        noise_multiplier=1.0,
+    )
+    params = [p for p in producer.parameters() if p.requires_grad]
+    model, optimizer = engine.wrap(producer, torch.optim.AdamW(params, lr=1e-4))
+    consumers = {
+        s.name: Consumer(s, heads[s.name], torch.optim.AdamW(heads[s.name].parameters(), 1e-4))
+        for s in config.all_labels
+    }
+    images = torch.randn(batch, *shape)
+    targets = {s.name: torch.randint(0, 2, (batch,)).float() for s in config.all_labels}
+    inputs = StepInputs(model, optimizer, images, targets, consumers)
+    return functools.partial(method.step, phase, inputs)
+
+
 def main() -> None:
     # Opacus' hooks on the first layer fire although images need no grad: harmless.
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -162,9 +234,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=("dp", "ssim", "samplers"),
+        choices=("dp", "ssim", "samplers", "defence"),
         default=None,
-        help="measure one of the two costs, or the DP cost of every privacy.grad_sampler",
+        help="measure one cost: DP, SSIM, every privacy.grad_sampler's DP, or the defence's",
     )
     args = parser.parse_args()
     if args.quick:
@@ -188,6 +260,15 @@ def main() -> None:
         _print_dp_ratios(dp_ratio(encoder, size, batch, rounds, per_round, GRAD_SAMPLERS))
     if args.only in (None, "ssim"):
         _print_ssim_shares(encoder, size, batch, rounds, per_round)
+    if args.only in (None, "defence"):
+        times = defence_ratio(encoder, size, batch, rounds, per_round)
+        ratio = times["defended"] / times["undefended"]
+        ratios = [r["defended"] / r["undefended"] for r in times["rounds"]]
+        print(
+            f"defended DP step ({DEFENDED}) {times['defended'] * 1e3:8.1f} ms | undefended DP "
+            f"step {times['undefended'] * 1e3:8.1f} ms | ratio {ratio:.2f} "
+            f"({_spread(ratios, '.2f')})  (target <= 1.5)"
+        )
 
 
 def _print_dp_ratios(times: dict) -> None:
