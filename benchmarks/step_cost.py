@@ -32,7 +32,12 @@ from collections.abc import Sequence
 import torch
 
 from metamorphosis.config import GRAD_SAMPLERS, config_from_dict
-from metamorphosis.models.producer import build_heads, build_network, build_producer, freeze
+from metamorphosis.models.producer import (
+    build_heads,
+    build_network,
+    build_producer,
+    train_only,
+)
 from metamorphosis.privacy.engine import DPEngine, PlannedPhase
 from metamorphosis.train.methods import MethodContext, StepInputs, resolve_method
 from metamorphosis.train.split import Consumer, producer_step
@@ -127,8 +132,7 @@ def dp_ratio(
 
 def _encoder_only(producer) -> list:
     """Freeze all but the encoder (phase 1 of mode ``both``); its parameters."""
-    freeze(producer, True)
-    freeze(producer.encoder, False)
+    train_only(producer, [], encoder=True)
     return list(producer.encoder.parameters())
 
 
@@ -199,11 +203,7 @@ def _dp_method_step(extra: dict, encoder: str, size: int, batch: int):
         )
     )
     phase = next(p for p in method.phases() if p.name == "modules")
-    freeze(producer, True)
-    for name in phase.labels:  # what the trainer's phase setup trains
-        freeze(producer.task_modules[name], False)
-        if name in producer.releases:
-            freeze(producer.releases[name], False)
+    train_only(producer, phase.labels, encoder=phase.train_encoder)  # as the trainer does
     engine = DPEngine(
         config.privacy,
         [PlannedPhase("modules", True, 1)],

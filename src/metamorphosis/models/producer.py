@@ -31,6 +31,7 @@ __all__ = [
     "build_heads",
     "count_parameters",
     "freeze",
+    "train_only",
 ]
 
 
@@ -246,3 +247,15 @@ def count_parameters(module: nn.Module) -> int:
 def freeze(module: nn.Module, frozen: bool = True) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(not frozen)
+
+
+def train_only(producer: Producer, labels: Sequence[str], *, encoder: bool) -> None:
+    """Freeze the producer except the modules of ``labels`` with their release stages
+    (bottlenecks), and the encoder when ``encoder``: what one training phase moves."""
+    freeze(producer, True)
+    if encoder:
+        freeze(producer.encoder, False)
+    for name in labels:
+        freeze(producer.task_modules[name], False)
+        if name in producer.releases:
+            freeze(producer.releases[name], False)

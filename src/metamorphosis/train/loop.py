@@ -41,7 +41,14 @@ from ..data import DatasetSplits
 from ..errors import CheckpointError, ConfigError, DataError, MetaMorphosisError
 from ..io import atomic_write, json_safe, remove_stale_temporaries
 from ..models.encoders import load_pretrained
-from ..models.producer import Producer, build_heads, build_network, build_producer, freeze
+from ..models.producer import (
+    Producer,
+    build_heads,
+    build_network,
+    build_producer,
+    freeze,
+    train_only,
+)
 from ..models.release import new_secret
 from ..privacy.accounting import DPPhase
 from ..privacy.engine import DPEngine, PlannedPhase
@@ -375,13 +382,7 @@ class Trainer:
 
     # -- phases -------------------------------------------------------------------
     def _setup_phase(self, phase: PhasePlan) -> tuple[nn.Module, torch.optim.Optimizer | None]:
-        freeze(self.producer, True)
-        if phase.train_encoder:
-            freeze(self.producer.encoder, False)
-        for name in phase.labels:
-            freeze(self.producer.task_modules[name], False)
-            if name in self.producer.releases:  # the module's bottleneck trains with it
-                freeze(self.producer.releases[name], False)
+        train_only(self.producer, phase.labels, encoder=phase.train_encoder)
         params = [p for p in self.producer.parameters() if p.requires_grad]
         params += self.method.extra_parameters(phase)
         if not params:
