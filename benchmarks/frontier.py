@@ -115,6 +115,14 @@ UNIVERSAL_NO_DP = {"method": "universal", "privacy.mode": "none"}
 #: the demo); the censor, bottleneck and erase points build on it.
 PAPER_BASE = {"method": PAPER, "privacy.mode": "both"}
 BOTTLENECK_BASE = {**PAPER_BASE, "defence.bottleneck_channels": 8}
+#: The narrow noisy release: one 16-value code per image through a Gaussian channel
+#: (values in (−1, 1), noise σ: at most 8·ln(1 + 1/σ²) nats per release), censored
+#: against restarted adversaries; no DP, 10 epochs (the code learns slower than a map).
+NARROW_BASE = {
+    "method": "censor", "privacy.mode": "none", "train.epochs": 10,
+    "censor.weight": 10, "censor.adversary_lr": 0.01, "censor.reset_every": 150,
+    "defence.bottleneck_channels": 16, "defence.code_size": 1, "defence.channel": "gaussian",
+}  # fmt: skip
 
 #: Every point, in the order they train (references first: the cheapest, and the yardstick).
 # fmt: off
@@ -138,6 +146,7 @@ POINTS: tuple[Point, ...] = (
            {"method": "nopeek", "privacy.mode": "task"}),
     *sweep("erase", "beta", "defence.beta", (1e-4, 1e-3, 1e-2, 1e-1),
            {**BOTTLENECK_BASE, "defence.erase": "linear"}),
+    *sweep("narrow", "sigma", "defence.noise", (0.1, 0.25, 0.5, 1), NARROW_BASE),
 )
 # fmt: on
 
@@ -152,6 +161,7 @@ METHOD_LABELS = {
     "noise": "release noise on universal (Shredder-style)",
     "nopeek": "NoPeek (mode task)",
     "erase": "bottleneck + linear erasure",
+    "narrow": "narrow noisy code + censor (no DP)",
 }
 #: Colour and marker per method; others cycle through the rest of tab10.
 METHOD_STYLES = {
@@ -164,6 +174,7 @@ METHOD_STYLES = {
     "noise": ("tab:brown", "v"),
     "nopeek": ("tab:pink", "P"),
     "erase": ("tab:olive", "X"),
+    "narrow": ("tab:red", "h"),
 }
 
 # --- the datasets -------------------------------------------------------------------------

@@ -55,6 +55,7 @@ PRIVACY_MODES = ("none", "task", "input", "both")
 #: defences built on it); every other method publishes one shared map
 #: (``Config.module_kind``).
 PER_TASK_MODULES_METHODS = frozenset({"metamorphosis", "censor", "nopeek"})
+CHANNELS = ("vib", "gaussian")
 ERASERS = ("none", "linear")
 #: Largest released map (values per image) a linear eraser is fitted on: its
 #: whitening needs an eigendecomposition of the d × d feature covariance.
@@ -342,6 +343,20 @@ class DefenceConfig:
       with the reparameterisation trick and adds ``beta`` · KL(q(z|x) ‖ N(0, I)));
       None: no bottleneck. Every label's module gets one (the SSIM term compares
       maps of one shape), only public tasks' are released.
+    * ``code_size``: the bottleneck pools its code to this side (a 3×3 convolution
+      and a ReLU, then the average and the maximum of each region; 1: one vector
+      per image; None: the module's map size, no pooling). A global attribute is
+      written at every position of a map, so an attacker who pools a large noisy
+      map averages its noise away; a small code is the lever for classification
+      tasks (not for dense ones, which need the map).
+    * ``channel``: ``vib`` (the bottleneck learns the code's variance, the KL term
+      weighs it) or ``gaussian``: no learnt variance; each code value is bounded
+      in (−1, 1) (a tanh) and released with noise ``noise`` alone: an additive
+      Gaussian channel of power at most 1 per value, so one release carries at
+      most (d/2)·ln(1 + 1/noise²) nats about the image (d: the code's values),
+      whatever the attacker.
+      ``beta`` has no effect there (the KL is a constant). A learnt variance
+      depends on the image, and its spread is released with the code.
     * ``erase: linear``: after training, LEACE erases every private attribute
       linearly from each public task's (bottleneck) code, and the heads are
       fine-tuned ``head_epochs`` on the erased release.
@@ -357,10 +372,25 @@ class DefenceConfig:
     noise: float = 0.0
     erase: str = "none"
     head_epochs: int = 1
+    code_size: int | None = None
+    channel: str = "vib"
 
     def __post_init__(self) -> None:
         if self.bottleneck_channels is not None:
             check_int("defence.bottleneck_channels", self.bottleneck_channels, minimum=1)
+        if self.code_size is not None:
+            check_int("defence.code_size", self.code_size, minimum=1)
+            if self.bottleneck_channels is None:
+                raise ConfigError(
+                    "defence.code_size pools the bottleneck's code: set "
+                    "defence.bottleneck_channels too"
+                )
+        _check_choice("defence.channel", self.channel, CHANNELS)
+        if self.channel == "gaussian" and (self.bottleneck_channels is None or self.noise <= 0):
+            raise ConfigError(
+                "defence.channel='gaussian' releases a bounded code with noise: set "
+                "defence.bottleneck_channels and defence.noise > 0"
+            )
         check_positive("defence.beta", self.beta, allow_zero=True)
         check_positive("defence.noise", self.noise, allow_zero=True)
         _check_choice("defence.erase", self.erase, ERASERS)

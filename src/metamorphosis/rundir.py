@@ -104,8 +104,9 @@ def write_run(
 
 def release_record(producer: Producer, erased: Mapping[str, list[str]]) -> dict[str, Any]:
     """``run.json``'s ``release``: per public task, the release noise's standard deviation
-    added to the code, the bottleneck's channels (its learnt posterior noise comes on
-    top), and the private attributes erased from it."""
+    added to the code, the bottleneck's channels, code size and channel (``vib``: its
+    learnt posterior noise comes on top of sigma), and the private attributes erased
+    from it."""
     record = {}
     for task in producer.tasks:
         release = producer.release_of(task) if task in producer.releases else None
@@ -113,6 +114,8 @@ def release_record(producer: Producer, erased: Mapping[str, list[str]]) -> dict[
         record[task] = {
             "sigma": release.noise if release is not None else 0.0,
             "bottleneck_channels": bottleneck.mean.out_channels if bottleneck else None,
+            "code_size": bottleneck.code_size if bottleneck else None,
+            "channel": None if bottleneck is None else bottleneck.channel,
             "erased": list(erased.get(task, [])),
         }
     return record

@@ -148,3 +148,51 @@ def test_erasure_on_a_map_too_large_for_its_covariance_is_refused_with_the_fix()
     eraser = _producer("resnet18", 64, erase="linear", bottleneck_channels=8)
     assert eraser.release_of("large").eraser.proj_left.shape == (8 * 16 * 16, 1)
     assert eraser.release_of("background").eraser is None  # private: never released
+
+
+# -- a small code and the Gaussian channel -------------------------------------------
+def test_a_small_code_is_pooled_and_released_at_the_module_map_size():
+    producer = _producer(bottleneck_channels=2, code_size=1).eval()
+    images = _images(4, seed=3).repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+    shared = producer.encode(images)
+    module = producer.task_modules["shape"](shared)
+    code, _ = producer.release_of("shape").code(module)
+    assert code.shape == (4, 2, 1, 1)  # one 2-value vector per image
+    released = producer.features(images, task="shape", noise=False)
+    assert released.shape == module.shape
+    # the map is the code broadcast: one value per channel, the same at every position
+    flat = released.flatten(2)
+    torch.testing.assert_close(flat, flat[:, :, :1].expand_as(flat))
+
+
+def test_the_gaussian_channel_bounds_the_code_and_releases_the_fixed_noise_only():
+    release = Release(6, bottleneck_channels=3, noise=0.5, code_size=2, channel="gaussian")
+    features = 50 * torch.randn(8, 6, 4, 4)  # large inputs: the bound must still hold
+    mean, log_var = release.code(features)
+    assert log_var is None and mean.shape == (8, 3, 2, 2)
+    assert float(mean.abs().max()) <= 1.0  # tanh: 1.0 only by float rounding
+    release.train()
+    release(features)
+    assert release.kl is None  # no learnt variance: the KL is a constant, no term
+    release.eval()
+    draw = torch.randn(8, 3, 2, 2)
+    expected = release.expand(mean + 0.5 * draw).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    torch.testing.assert_close(release(features, draw), expected)
+
+
+@pytest.mark.parametrize(
+    ("defence", "message"),
+    [
+        ({"code_size": 1}, "set defence.bottleneck_channels too"),
+        ({"bottleneck_channels": 2, "channel": "gaussian"}, "defence.noise > 0"),
+        ({"bottleneck_channels": 2, "noise": 0.5, "channel": "awgn"}, "defence.channel"),
+    ],
+)
+def test_bad_code_settings_are_refused(defence, message):
+    with pytest.raises(ConfigError, match=message):
+        _producer(**defence)
+
+
+def test_a_code_larger_than_the_module_map_is_refused():
+    with pytest.raises(ConfigError, match="larger than the module's"):
+        _producer(bottleneck_channels=2, code_size=64)

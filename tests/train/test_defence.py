@@ -10,6 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from sklearn.linear_model import LogisticRegression
 
+from metamorphosis.audit.features import extract_features
 from metamorphosis.config import LabelSpec, config_from_dict
 from metamorphosis.data import build_datasets
 from metamorphosis.errors import ConfigError, RunDirError
@@ -44,6 +45,8 @@ def test_run_json_records_the_defence_and_each_release_but_never_the_secret(defe
         assert record["release"][task] == {
             "sigma": 0.3,
             "bottleneck_channels": 2,
+            "code_size": None,
+            "channel": "vib",
             "erased": ["background"],
         }
     key_path = out / RELEASE_KEY_FILE
@@ -129,6 +132,20 @@ def test_the_service_releases_exactly_what_load_producer_gives(defended_run):
     torch.testing.assert_close(served["features"], expected, rtol=0, atol=0)
 
 
+def test_the_audit_attacks_the_released_features_not_the_module_output(defended_run):
+    out, record = defended_run
+    config = config_from_dict(record["config"])
+    data = build_datasets(config.data, config.all_labels, seed=config.train.seed)
+    producer = load_producer(out)
+    features = extract_features(producer, data.test, names=["shape", "background"], mean=0, std=1)
+    images = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    with torch.no_grad():
+        released = producer.features(images, task="shape")  # erased, keyed noise on
+        module = producer.task_modules["shape"](producer.encode(images))
+    torch.testing.assert_close(features.sources["shape"], released)
+    assert not torch.allclose(features.sources["shape"], module)
+
+
 def test_a_run_without_its_release_key_cannot_release(defended_run, tmp_path):
     out, _ = defended_run
     copy = tmp_path / "run"
@@ -158,12 +175,24 @@ def test_add_task_refuses_a_defended_run(defended_run):
 
 def test_noise_alone_trains_without_a_bottleneck_or_eraser(tmp_path):
     record = train_run(_config("input", noise=0.5), tmp_path / "run", progress=False)
-    assert record["release"]["shape"] == {"sigma": 0.5, "bottleneck_channels": None, "erased": []}
+    assert record["release"]["shape"] == {
+        "sigma": 0.5,
+        "bottleneck_channels": None,
+        "code_size": None,
+        "channel": None,
+        "erased": [],
+    }
     assert record["privacy"]["epsilon"] is not None  # the noise layer trains under DP
 
 
 def test_an_undefended_run_records_a_noiseless_release_and_no_key(tmp_path):
     raw = tiny_config_dict("none", epochs=1)
     record = train_run(config_from_dict(raw), tmp_path / "run", progress=False)
-    assert record["release"]["large"] == {"sigma": 0.0, "bottleneck_channels": None, "erased": []}
+    assert record["release"]["large"] == {
+        "sigma": 0.0,
+        "bottleneck_channels": None,
+        "code_size": None,
+        "channel": None,
+        "erased": [],
+    }
     assert not (tmp_path / "run" / RELEASE_KEY_FILE).exists()

@@ -203,3 +203,11 @@ def test_the_defence_terms_keep_the_step_per_sample(phase, tmp_path):
     result = _check_per_sample("metamorphosis", "both", phase, tmp_path, defence)
     print(f"metamorphosis (defence {defence}) phase {phase}: checked {sorted(result.terms)}")
     assert result.terms["kl_term"] > 0
+
+
+def test_a_narrow_gaussian_code_keeps_the_step_per_sample(tmp_path):
+    """The pooled code (average and maximum per region) and its bounded channel mix no
+    samples: one image's change moves its own per-sample gradient only."""
+    defence = {"bottleneck_channels": 2, "code_size": 1, "channel": "gaussian", "noise": 0.5}
+    result = _check_per_sample("censor", "both", "modules", tmp_path, defence)
+    assert "kl_term" not in result.terms  # the Gaussian channel has no KL term

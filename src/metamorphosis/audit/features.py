@@ -2,9 +2,11 @@
 
 Every attack in the audit reads the same tensors: the shared encoder output
 ``E(x)`` (what a universal-feature producer would publish), each label's
-module output ``g_t(E(x))``, the images in pixel range [0, 1] and the label
-targets. Extracting them once keeps the audit's cost to one producer forward
-per image and guarantees the attacks see identical inputs.
+features as the producer releases them (its module output ``g_t(E(x))``, then
+its defence's bottleneck, eraser and keyed noise: what a consumer receives),
+the images in pixel range [0, 1] and the label targets. Extracting them once
+keeps the audit's cost to one producer forward per image and guarantees the
+attacks see identical inputs.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def extract_features(
     Args:
         producer: a :class:`~metamorphosis.models.producer.Producer` (eval mode is set here).
         dataset: a split whose items are ``(image, labels)``.
-        names: the labels whose module outputs to keep (public and private).
+        names: the labels whose released features to keep (public and private).
         mean: the normalisation mean of the producer's transform.
         std: the normalisation std of the producer's transform.
         limit: keep at most this many items (a seeded random subset).
@@ -104,10 +106,12 @@ def extract_features(
     for batch_images, batch_targets in tqdm(
         loader, desc=description, leave=False, disable=not progress, unit="batch"
     ):
-        shared = producer.encode(batch_images.to(device))
+        batch_images = batch_images.to(device)
+        shared = producer.encode(batch_images)
         chunks[ENCODER_SOURCE].append(shared.float().cpu())
-        for name in names:
-            chunks[name].append(producer.task_modules[name](shared).float().cpu())
+        for name in names:  # what is released: bottleneck, eraser and keyed noise included
+            released = producer.released(name, shared, batch_images)
+            chunks[name].append(released.float().cpu())
         images.append(to_pixels(batch_images, mean=mean, std=std))
         for key, value in batch_targets.items():
             targets.setdefault(key, []).append(value)

@@ -97,12 +97,13 @@ class Producer(nn.Module):
         names = self.tasks if names is None else list(names)
         self._check_names(names)
         shared = self.encode(images)
-        return {
-            name: self._release(name, self.task_modules[name](shared), images, noise)
-            for name in names
-        }
+        return {name: self.released(name, shared, images, noise=noise) for name in names}
 
-    def _release(self, name: str, features: Tensor, images: Tensor, noise: bool) -> Tensor:
+    def released(self, name: str, shared: Tensor, images: Tensor, *, noise: bool = True) -> Tensor:
+        """Label ``name``'s features from the encoder output ``shared`` of ``images``: its
+        module, then its release stage (what :meth:`forward` returns for it; for callers
+        that already hold the encoder output)."""
+        features = self.task_modules[name](shared)
         if name not in self.releases:
             return features
         release = self.release_of(name)
@@ -185,6 +186,12 @@ def build_releases(config: Config, feature_shape: tuple[int, int, int]) -> nn.Mo
     public tasks get the release noise and the eraser, as only they are released.
     """
     defence = config.defence
+    side = min(feature_shape[1:])
+    if defence.code_size is not None and defence.code_size > side:
+        raise ConfigError(
+            f"defence.code_size={defence.code_size} is larger than the module's "
+            f"{feature_shape[1]}×{feature_shape[2]} map: set it to {side} or less"
+        )
     public = {spec.name for spec in config.tasks}
     eraser_shape = _eraser_shape(config, feature_shape) if defence.erase == "linear" else None
     return nn.ModuleDict(
@@ -195,6 +202,8 @@ def build_releases(config: Config, feature_shape: tuple[int, int, int]) -> nn.Mo
                 beta=defence.beta,
                 noise=defence.noise if spec.name in public else 0.0,
                 eraser_shape=eraser_shape if spec.name in public else None,
+                code_size=defence.code_size,
+                channel=defence.channel,
             )
             for spec in config.all_labels
         }
@@ -221,6 +230,8 @@ def _eraser_shape(config: Config, feature_shape: tuple[int, int, int]) -> tuple[
     channels, height, width = feature_shape
     if config.defence.bottleneck_channels is not None:
         channels = config.defence.bottleneck_channels
+    if config.defence.code_size is not None:
+        height = width = config.defence.code_size
     values = channels * height * width
     if values > MAX_ERASED_VALUES:
         most = max(1, MAX_ERASED_VALUES // (height * width))

@@ -5,12 +5,24 @@ After its metamorphosis module, each label's features go through a
 
 1. an optional variational information bottleneck: a code ``z`` of few channels,
    ``z = μ(f) + s(f)·ε`` (Alemi et al., "Deep Variational Information
-   Bottleneck", ICLR 2017), with KL(q(z|x) ‖ N(0, I)) kept for the training loss;
+   Bottleneck", ICLR 2017), with KL(q(z|x) ‖ N(0, I)) kept for the training loss.
+   Optionally the code is pooled to ``code_size × code_size`` positions (1: one
+   vector per image). A global property (a background tint, a face's
+   gender) is written at every position of a map, so per-position noise on a
+   large map averages out for an attacker who pools; a small code has as few
+   values as the task needs. Channel ``gaussian`` replaces the learnt ``s(f)``
+   (a function of the image, whose spread is itself released: an attacker can
+   read ``|z|``) by a fixed σ, and bounds each code value in (−1, 1) (a tanh):
+   an additive Gaussian channel of power at most 1 per value, of capacity
+   (d/2)·ln(1 + 1/σ²) nats (d: the code's values), which bounds what one
+   release tells about the image whatever the attacker (the noise is keyed, so
+   an attacker without the secret sees it as random);
 2. an optional linear eraser (LEACE, fitted after training on the code's mean);
 3. Gaussian noise of a fixed standard deviation on the code;
-4. with a bottleneck, a 1×1 convolution back to the module's channels, so the
-   consumer heads, the audit and the service see the map shape they always saw.
-   It is a fixed linear map of the code: it adds nothing to what is released.
+4. with a bottleneck, a 1×1 convolution back to the module's channels (and a
+   nearest-neighbour upsampling of a small code back to the module's map size),
+   so the consumer heads, the audit and the service see the map shape they always
+   saw. It is a fixed map of the code: it adds nothing to what is released.
 
 Noise is fresh in training. At release it is **keyed**: drawn from a generator
 seeded by SHA-256 of (producer secret, task, image), so the same image gives the
@@ -33,6 +45,7 @@ from torch import Tensor, nn
 __all__ = [
     "SECRET_BYTES",
     "LinearEraser",
+    "CodePool",
     "Release",
     "VariationalBottleneck",
     "gaussian_kl",
@@ -67,21 +80,61 @@ def keyed_normal(images: Tensor, task: str, secret: bytes, shape: Sequence[int])
 
 
 class VariationalBottleneck(nn.Module):
-    """Mean and standard deviation of a ``channels``-channel code (1×1 convolutions).
+    """Mean and log-variance of a ``channels``-channel code.
 
-    The log-variance is clamped to [-10, 10]: a collapsed or exploding posterior
-    would make the KL term and the sample overflow long before it means anything.
+    Without ``code_size`` they are 1×1 convolutions of the map (a code at every
+    position). With ``code_size`` s, :class:`CodePool` pools the map to s × s
+    first (s = 1: one vector per image). ``channel`` ``gaussian``: no
+    log-variance, and the mean goes through a tanh, so each value is in (−1, 1)
+    (the code's noise is fixed by the release). The log-variance is
+    clamped to [-10, 10]: a collapsed or exploding posterior would make the KL
+    term and the sample overflow long before it means anything.
     """
 
-    def __init__(self, in_channels: int, channels: int) -> None:
-        super().__init__()
-        self.mean = nn.Conv2d(in_channels, channels, kernel_size=1)
-        self.log_var = nn.Conv2d(in_channels, channels, kernel_size=1)
+    log_var: nn.Conv2d | None
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        mean = self.mean(features)
-        log_var = self.log_var(features).clamp(-10.0, 10.0)
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        *,
+        code_size: int | None = None,
+        channel: str = "vib",
+    ) -> None:
+        super().__init__()
+        self.pool: nn.Module = (
+            CodePool(in_channels, code_size) if code_size is not None else nn.Identity()
+        )
+        pooled = in_channels if code_size is None else 2 * in_channels
+        self.mean = nn.Conv2d(pooled, channels, kernel_size=1)
+        self.log_var = nn.Conv2d(pooled, channels, kernel_size=1) if channel == "vib" else None
+        self.code_size = code_size
+        self.channel = channel
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor | None]:
+        pooled = self.pool(features)
+        mean = self.mean(pooled)
+        if self.channel == "gaussian":
+            mean = torch.tanh(mean)  # |z| < 1: the channel's power limit
+        log_var = None if self.log_var is None else self.log_var(pooled).clamp(-10.0, 10.0)
         return mean, log_var
+
+
+class CodePool(nn.Module):
+    """A 3×3 convolution and a ReLU, then the average and the maximum over each of
+    ``size × size`` regions, side by side (2 × channels): the maximum keeps "a red
+    shape is here", the average "how much of it"; the plain mean of the map would
+    drown one object's colour in its background's."""
+
+    def __init__(self, channels: int, size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.average = nn.AdaptiveAvgPool2d(size)
+        self.maximum = nn.AdaptiveMaxPool2d(size)
+
+    def forward(self, features: Tensor) -> Tensor:
+        active = torch.relu(self.conv(features))
+        return torch.cat([self.average(active), self.maximum(active)], dim=1)
 
 
 def gaussian_kl(mean: Tensor, log_var: Tensor) -> Tensor:
@@ -135,6 +188,8 @@ class Release(nn.Module):
         beta: weight of the KL term in the training loss.
         noise: standard deviation of the Gaussian noise added to the code.
         eraser_shape: ``(d, r)`` of the linear eraser (None: no eraser).
+        code_size: the side of the bottleneck's code (None: the module's map size).
+        channel: ``vib`` (a learnt variance) or ``gaussian`` (values in (−1, 1), noise σ).
     """
 
     def __init__(
@@ -145,10 +200,17 @@ class Release(nn.Module):
         beta: float = 0.0,
         noise: float = 0.0,
         eraser_shape: tuple[int, int] | None = None,
+        code_size: int | None = None,
+        channel: str = "vib",
     ) -> None:
         super().__init__()
         self.bottleneck = (
-            VariationalBottleneck(channels, bottleneck_channels)
+            VariationalBottleneck(
+                channels,
+                bottleneck_channels,
+                code_size=code_size,
+                channel=channel,
+            )
             if bottleneck_channels is not None
             else None
         )
@@ -182,10 +244,15 @@ class Release(nn.Module):
         mean, log_var = self.code(features)
         if self.training:
             self.kl = None if log_var is None else self.beta * gaussian_kl(mean, log_var)
-            if draw is None and (log_var is not None or self.noise > 0):
+            if draw is None and self.noisy:
                 draw = torch.randn_like(mean)
         code = mean if draw is None else mean + self.std(log_var) * draw
-        return code if self.expand is None else self.expand(code)
+        if self.expand is None:
+            return code
+        expanded = self.expand(code)
+        if expanded.shape[-2:] != features.shape[-2:]:  # a small code: back to the map's size
+            expanded = nn.functional.interpolate(expanded, size=features.shape[-2:], mode="nearest")
+        return expanded
 
     def std(self, log_var: Tensor | None) -> Tensor | float:
         """Standard deviation of the released code's noise: posterior and added noise."""
@@ -196,11 +263,14 @@ class Release(nn.Module):
     @property
     def noisy(self) -> bool:
         """Whether released features carry noise (and so need the producer's secret)."""
-        return self.bottleneck is not None or self.noise > 0
+        learned = self.bottleneck is not None and self.bottleneck.log_var is not None
+        return learned or self.noise > 0
 
     def code_shape(self, feature_shape: Sequence[int]) -> tuple[int, int, int]:
         """``(channels, H, W)`` of the code for module features of ``feature_shape``."""
         channels, height, width = feature_shape
         if self.bottleneck is not None:
             channels = self.bottleneck.mean.out_channels
+            if self.bottleneck.code_size is not None:
+                height = width = self.bottleneck.code_size
         return (channels, height, width)
