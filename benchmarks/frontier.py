@@ -123,6 +123,9 @@ NARROW_BASE = {
     "censor.weight": 10, "censor.adversary_lr": 0.01, "censor.reset_every": 150,
     "defence.bottleneck_channels": 16, "defence.code_size": 1, "defence.channel": "gaussian",
 }  # fmt: skip
+#: The narrow variational code: one 16-value code per image whose spread the bottleneck
+#: learns (β weighs its KL), censored against restarted adversaries; no DP, 10 epochs.
+VIB_BASE = {**NARROW_BASE, "defence.channel": "vib"}
 
 #: Every point, in the order they train (references first: the cheapest, and the yardstick).
 # fmt: off
@@ -147,6 +150,7 @@ POINTS: tuple[Point, ...] = (
     *sweep("erase", "beta", "defence.beta", (1e-4, 1e-3, 1e-2, 1e-1),
            {**BOTTLENECK_BASE, "defence.erase": "linear"}),
     *sweep("narrow", "sigma", "defence.noise", (0.1, 0.25, 0.5, 1), NARROW_BASE),
+    *sweep("vib", "beta", "defence.beta", (1e-3, 1e-2, 1e-1, 1), VIB_BASE),
 )
 # fmt: on
 
@@ -162,6 +166,7 @@ METHOD_LABELS = {
     "nopeek": "NoPeek (mode task)",
     "erase": "bottleneck + linear erasure",
     "narrow": "narrow noisy code + censor (no DP)",
+    "vib": "narrow variational code + censor (no DP)",
 }
 #: Colour and marker per method; others cycle through the rest of tab10.
 METHOD_STYLES = {
@@ -175,6 +180,7 @@ METHOD_STYLES = {
     "nopeek": ("tab:pink", "P"),
     "erase": ("tab:olive", "X"),
     "narrow": ("tab:red", "h"),
+    "vib": ("tab:cyan", "p"),
 }
 
 # --- the datasets -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .presets import PRESETS, expand_preset
 
 __all__ = [
     "LABEL_KINDS",
@@ -360,6 +361,9 @@ class DefenceConfig:
     * ``erase: linear``: after training, LEACE erases every private attribute
       linearly from each public task's (bottleneck) code, and the heads are
       fine-tuned ``head_epochs`` on the erased release.
+    * ``preset``: a named combination (:mod:`metamorphosis.presets`; ``recommended``)
+      that fills these keys and ``method`` where the config leaves them unset; the
+      resolved values are what is recorded.
     * ``noise``: Gaussian noise of this standard deviation on the released code,
       in training (so heads learn to cope) and at release, where the draw is fixed
       per (image, task, producer secret): releasing an image twice gives the same
@@ -374,8 +378,11 @@ class DefenceConfig:
     head_epochs: int = 1
     code_size: int | None = None
     channel: str = "vib"
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            _check_choice("defence.preset", self.preset, tuple(PRESETS))
         if self.bottleneck_channels is not None:
             check_int("defence.bottleneck_channels", self.bottleneck_channels, minimum=1)
         if self.code_size is not None:
@@ -469,6 +476,13 @@ class Config:
             raise ConfigError(
                 f"model.norm={self.model.norm!r} with privacy.mode={self.privacy.mode!r}: "
                 "DP-SGD needs model.norm='group' (BatchNorm mixes samples)"
+            )
+        dense = [s.name for s in self.tasks if s.is_dense]
+        if self.defence.code_size is not None and dense:
+            raise ConfigError(
+                f"defence.code_size={self.defence.code_size} pools each release to a small "
+                f"code, but public task(s) {dense} are dense and need the map: unset "
+                "defence.code_size (and defence.preset, which sets it)"
             )
         if self.privacy.mode == "task" and len(self.all_labels) < 2:
             raise ConfigError(
@@ -584,6 +598,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     """Build and validate a :class:`Config` from plain data (parsed YAML)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the config must be a mapping of sections")
+    raw = expand_preset(raw)
     sections = {name: build_section(name, cls, raw.get(name)) for name, cls in _SECTIONS.items()}
     scalars = {name: raw[name] for name in _SCALARS if name in raw}
     return Config(

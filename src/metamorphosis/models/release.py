@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 SECRET_BYTES = 32
+INITIAL_LOG_VAR = -6.0  # the bottleneck's starting log-variance (see VariationalBottleneck)
 
 
 def new_secret() -> bytes:
@@ -108,6 +109,10 @@ class VariationalBottleneck(nn.Module):
         pooled = in_channels if code_size is None else 2 * in_channels
         self.mean = nn.Conv2d(pooled, channels, kernel_size=1)
         self.log_var = nn.Conv2d(pooled, channels, kernel_size=1) if channel == "vib" else None
+        if self.log_var is not None and self.log_var.bias is not None:
+            # start from a narrow posterior (variance e^-6): a unit one would drown the
+            # freshly initialised mean, and the heads would see noise before any signal
+            nn.init.constant_(self.log_var.bias, INITIAL_LOG_VAR)
         self.code_size = code_size
         self.channel = channel
 
