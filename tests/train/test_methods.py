@@ -161,14 +161,17 @@ def test_remote_and_add_task_capabilities_are_the_methods():
 #: keeps them robust to float rounding (Adam's first step moves each weight by ±lr:
 #: 2 threads instead of 1 move them by < 1e-7 and the heads by < 1e-3), while a
 #: changed loss term moves the producer's by ~1e-2 (deepobfuscator against universal).
+#: The CPU's kernels move them too: on an AMD EPYC (AVX-512) machine the values pinned on
+#: the first one were off by up to 8e-3, so these are re-measured there (unchanged code,
+#: fef1bfc and later); another CPU may need them measured again, with the code unchanged.
 BEFORE_THE_PORT = {
-    "metamorphosis-none": (-8.100689236742413, 98.48207613120711),
-    "metamorphosis-task": (-11.783207259067233, -5.885469600335995),
-    "metamorphosis-input": (-11.851153582256444, -5.846536106254731),
-    "metamorphosis-both": (-11.853630355326997, -5.682132683429692),
-    "universal": (-8.100689236742413, 98.48207613120711),
-    "deepobfuscator": (-8.082918119827855, 98.48207613120711),
-    "kd-mtl": (-8.119631831803467, 97.93928874172077),
+    "metamorphosis-none": (-8.10888824702203, 98.47478238929709),
+    "metamorphosis-task": (-11.782506981789531, -5.886298988626417),
+    "metamorphosis-input": (-11.851153591234121, -5.847034333896266),
+    "metamorphosis-both": (-11.853630389187542, -5.683306029065255),
+    "universal": (-8.10888824702203, 98.47478238929709),
+    "deepobfuscator": (-8.07873283161895, 98.47478238929709),
+    "kd-mtl": (-8.119186060170511, 97.94337256485147),
 }
 CASES = {  # name: (method, privacy.mode)
     "metamorphosis-none": ("metamorphosis", "none"),
