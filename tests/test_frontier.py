@@ -131,7 +131,10 @@ class Fakes:
         run_dir.mkdir(parents=True)
         record = {
             "config": config_to_dict(config),
-            "metrics": {self.public: {"accuracy": 0.8 + 0.01 * config.train.seed}},
+            "metrics": {  # the other public tasks (the demo's count) 0.1 below
+                task.name: {"accuracy": 0.8 + 0.01 * config.train.seed - 0.1 * i}
+                for i, task in enumerate(config.tasks)
+            },
             "privacy": {"epsilon": 4.0 if config.privacy.uses_dp else None},
             "train_seconds": 12.5,
         }
@@ -139,7 +142,9 @@ class Fakes:
 
     def audit(self, run_dir, data_root, budget, device, progress) -> None:
         self.audited.append(run_dir)
-        seed = json.loads((run_dir / "run.json").read_text())["config"]["train"]["seed"]
+        config = json.loads((run_dir / "run.json").read_text())["config"]
+        seed = config["train"]["seed"]
+        others = [t["name"] for t in config["tasks"] if t["name"] != self.public]
         entry = {
             "source": self.public,
             "label": self.private,
@@ -154,7 +159,14 @@ class Fakes:
         report = {
             "budget": {"name": budget.name},
             "data": {"test_items": 100},
-            "leakage": [{**entry, "source": "encoder", "label_floor": None}, entry],
+            "leakage": [
+                {**entry, "source": "encoder", "label_floor": None},
+                entry,
+                *(
+                    {**entry, "source": task, "best": {"attacker": "knn", "value": 0.6}}
+                    for task in others
+                ),
+            ],
             "reconstruction": {
                 "scores": {self.public: {"psnr": 14.0}, "encoder": {"psnr": 18.0}},
                 "baseline": {"psnr": 11.0},
@@ -197,6 +209,10 @@ def test_recording_skips_a_recorded_point_and_rerecords_changed_overrides(
     assert (record["epsilon"], record["train_seconds"], record["budget"]) == (4.0, 12.5, "quick")
     assert record["overrides"] == point.overrides and record["audit_budget"] == "tables-cpu"
     assert "--point censor_weight_10" in record["command"]
+    assert record["tasks"] == {  # every public task's release, not only the plotted one
+        "colour": {"utility": 0.8, "leakage": 0.7, "leakage_attacker": "mlp"},
+        "count": {"utility": pytest.approx(0.7), "leakage": 0.6, "leakage_attacker": "knn"},
+    }
     assert len(fakes.trained) == len(fakes.audited) == 1
     assert "[1/1] censor weight=10: training" in capsys.readouterr().err
 
