@@ -151,6 +151,20 @@ POINTS: tuple[Point, ...] = (
            {**BOTTLENECK_BASE, "defence.erase": "linear"}),
     *sweep("narrow", "sigma", "defence.noise", (0.1, 0.25, 0.5, 1), NARROW_BASE),
     *sweep("vib", "beta", "defence.beta", (1e-3, 1e-2, 1e-1, 1), VIB_BASE),
+    # what censoring adds to that code: λ = 0 is the code alone (the adversaries train,
+    # but send the producer nothing; private heads never teach the producer in mode none)
+    *sweep("vib-censor", "weight", "censor.weight", (0, 1, 10, 100),
+           {**VIB_BASE, "defence.beta": 0.01}),
+    # the code alone (λ = 0), its β swept
+    *sweep("vib-code", "beta", "defence.beta", (0.03, 0.1, 0.3, 1),
+           {**VIB_BASE, "censor.weight": 0}),
+    # the code alone (λ = 0, β = 0.01), its side swept: 1 × 1 is one vector per image
+    *sweep("vib-size", "code_size", "defence.code_size", (1, 2, 4, 8),
+           {**VIB_BASE, "censor.weight": 0, "defence.beta": 0.01}),
+    # the code alone under DP-SGD (mode input: encoder, modules and code all DP), set
+    # against universal-dp_epsilon_4 at ε = 4
+    *sweep("vib-dp", "epsilon", "privacy.target_epsilon", (1, 2, 4, 8),
+           {**VIB_BASE, "defence.beta": 0.01, "censor.weight": 0, "privacy.mode": "input"}),
 )
 # fmt: on
 
@@ -167,6 +181,10 @@ METHOD_LABELS = {
     "erase": "bottleneck + linear erasure",
     "narrow": "narrow noisy code + censor (no DP)",
     "vib": "narrow variational code + censor (no DP)",
+    "vib-censor": "narrow variational code, β = 0.01, censor λ swept (no DP)",
+    "vib-dp": "narrow variational code, DP-SGD, ε swept (mode input)",
+    "vib-code": "narrow variational code alone, β swept (λ = 0, no DP)",
+    "vib-size": "variational code alone, its side swept (16 channels, λ = 0, no DP)",
 }
 #: Colour and marker per method; others cycle through the rest of tab10.
 METHOD_STYLES = {
@@ -181,6 +199,10 @@ METHOD_STYLES = {
     "erase": ("tab:olive", "X"),
     "narrow": ("tab:red", "h"),
     "vib": ("tab:cyan", "p"),
+    "vib-censor": ("tab:gray", "8"),
+    "vib-dp": ("0.3", "H"),
+    "vib-code": ("darkred", "d"),
+    "vib-size": ("darkgreen", "<"),
 }
 
 # --- the datasets -------------------------------------------------------------------------
@@ -189,8 +211,9 @@ METHOD_STYLES = {
 @dataclass(frozen=True)
 class Dataset:
     """A frontier's data: its config, the public task on the utility axis, the private
-    attribute whose leakage is measured, its folder under ``--data-root`` (None: generated)
-    and the overrides of the quick budget (``full``: the config as it is)."""
+    attribute whose leakage is measured, its folder under ``--data-root`` (None: generated),
+    the overrides of the quick budget (``full``: the config as it is) and ``base``, the
+    overrides of every budget, applied first."""
 
     name: str
     config: Path
@@ -198,6 +221,7 @@ class Dataset:
     private: str
     folder: str | None
     quick: tuple[str, ...] = ()
+    base: tuple[str, ...] = ()
 
 
 def _tables_quick(name: str) -> tuple[str, ...]:
@@ -210,6 +234,8 @@ def _demo_config() -> Path:
 
     return Path(metamorphosis.__file__).with_name("demo.yaml")  # `metamorphosis demo`'s config
 
+
+DEMO_UNDEFENDED = ("defence.preset=null", "privacy.mode=both", "train.epochs=5")
 
 DATASETS = {
     # the paper tables' CelebA config with smile as the one public task, gender private
@@ -224,7 +250,9 @@ DATASETS = {
         "statefarm",
         _tables_quick("statefarm"),
     ),
-    "demo": Dataset("demo", _demo_config(), "colour", "background", None),
+    # `metamorphosis demo` releases through the recommended preset; its points start from
+    # the undefended paper demo (DP encoder + task privacy, 5 epochs) that preset replaced
+    "demo": Dataset("demo", _demo_config(), "colour", "background", None, base=DEMO_UNDEFENDED),
 }
 
 # --- configs ------------------------------------------------------------------------------
@@ -245,8 +273,9 @@ def override_strings(overrides: Mapping[str, Any]) -> list[str]:
 def point_overrides(
     point: Point, dataset: Dataset, budget: str, device: str, seed: int | None = None
 ) -> list[str]:
-    """The dataset's budget overrides, then the point's, the device and the seed."""
-    items = [*(dataset.quick if budget == "quick" else ()), *override_strings(point.overrides)]
+    """The dataset's base and budget overrides, then the point's, the device and the seed."""
+    quick = dataset.quick if budget == "quick" else ()
+    items = [*dataset.base, *quick, *override_strings(point.overrides)]
     items.append(f"train.device={device}")
     return items if seed is None else [*items, f"train.seed={seed}"]
 

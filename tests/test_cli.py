@@ -142,7 +142,7 @@ def test_demo_runs_end_to_end(tmp_path):
     result = runner.invoke(app, ["demo", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
-    assert record["privacy"]["mode"] == "both" and record["privacy"]["epsilon"] is not None
+    assert record["defence"]["preset"] == "recommended" and record["defence"]["code_size"] == 1
     assert len(record["tasks"]) >= 2 and len(record["private_attributes"]) >= 1
     for task in record["tasks"]:  # better than chance on the held-out split
         assert record["metrics"][task]["accuracy"] > 0.45
@@ -150,11 +150,21 @@ def test_demo_runs_end_to_end(tmp_path):
     assert report["budget"]["name"] == "quick"
     assert (out / "audit" / "report.html").stat().st_size > 0
     # the attacks work on the real pipeline: the planted background tone is
-    # recovered from the universal features, and images are partly rebuilt
+    # recovered from the encoder output (never released; the defence keeps the
+    # background head from teaching the encoder, so it is no longer near 100 %),
+    # and images are partly rebuilt
     universal = [r for r in report["attribute_inference"] if r["source"] == "encoder"]
-    assert universal and universal[0]["head"] > 0.9
+    assert universal and universal[0]["head"] > 0.75
     recon = report["reconstruction"]
     assert recon["scores"]["encoder"]["psnr"] > recon["baseline"]["psnr"] + 1.0
+    # ...but not from what the demo releases: the best attacker on every public task's
+    # features stays near the majority rate (the frontier's target is majority + 5
+    # points; 10 here leaves room for the audit's restarts on another CPU)
+    for task in record["tasks"]:
+        (entry,) = [
+            e for e in report["leakage"] if (e["source"], e["label"]) == (task, "background")
+        ]
+        assert entry["best"]["value"] <= entry["majority"] + 0.10, entry["best"]
     assert "audit findings" in result.stdout
 
 

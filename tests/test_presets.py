@@ -78,3 +78,11 @@ def test_a_dense_public_task_is_refused_with_the_key_to_unset():
 def test_the_shipped_defended_config_uses_the_preset():
     config = load_config("configs/celeba_smile_gender_defended.yaml")
     assert config.defence.preset == "recommended" and config.method == "censor"
+
+
+def test_the_demo_releases_through_the_preset():
+    from metamorphosis.experiment import demo_config
+
+    config = demo_config()
+    assert config.defence.preset == "recommended" and config.method == "censor"
+    assert config.defence.code_size == RECOMMENDED["defence.code_size"]

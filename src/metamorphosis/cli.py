@@ -156,7 +156,7 @@ def demo(
     ] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train the embedded demo (generated scenes, mode 'both'), audit it and summarise."""
+    """Train the embedded demo (generated scenes, recommended defence), audit it, summarise."""
     from .audit.run import AUDIT_DIR, run_audit
     from .experiment import demo_config, train_run
 

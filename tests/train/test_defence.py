@@ -15,6 +15,7 @@ from metamorphosis.config import LabelSpec, config_from_dict
 from metamorphosis.data import build_datasets
 from metamorphosis.errors import ConfigError, RunDirError
 from metamorphosis.experiment import add_task, train_run
+from metamorphosis.models.release import kl_scale
 from metamorphosis.rundir import RELEASE_KEY_FILE, load_producer
 from metamorphosis.serve.app import create_app
 from metamorphosis.serve.codec import decode_tensors
@@ -196,3 +197,17 @@ def test_an_undefended_run_records_a_noiseless_release_and_no_key(tmp_path):
         "erased": [],
     }
     assert not (tmp_path / "run" / RELEASE_KEY_FILE).exists()
+
+
+def test_kl_warmup_ramps_linearly_then_holds():
+    assert [kl_scale(0, e) for e in range(3)] == [1.0, 1.0, 1.0]
+    assert [kl_scale(4, e) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_the_trainer_warms_the_kl_up_epoch_by_epoch(tmp_path):
+    raw = tiny_config_dict("none", epochs=3)
+    raw["defence"] = {"bottleneck_channels": 2, "beta": 0.01, "beta_warmup": 2}
+    train_run(config_from_dict(raw), tmp_path / "run", progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    kl = [r["train"]["kl_term"] for r in map(json.loads, lines) if r.get("event") == "epoch"]
+    assert kl[0] == 0.0 and kl[1] > 0 and kl[2] > 0, kl

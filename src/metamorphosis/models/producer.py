@@ -75,6 +75,8 @@ class Producer(nn.Module):
         self._preprocess = preprocess
         self.releases = releases if releases is not None else nn.ModuleDict()
         self.secret = secret
+        #: the KL weight's share this epoch (``defence.beta_warmup``; the trainer sets it)
+        self.kl_scale = 1.0
 
     def encode(self, images: Tensor) -> Tensor:
         """The shared encoder output ``E(x)`` (never released)."""
@@ -126,7 +128,7 @@ class Producer(nn.Module):
         """Per-sample β·KL of the bottlenecks of ``names`` in the last training forward."""
         terms = [self.release_of(n).kl for n in names if n in self.releases]
         present = [t for t in terms if t is not None]
-        return torch.stack(present).sum(dim=0) if present else None
+        return self.kl_scale * torch.stack(present).sum(dim=0) if present else None
 
     def preprocess(self, image) -> Tensor:
         """The exact transform used in training: PIL image → ``C×H×W`` tensor."""

@@ -49,6 +49,7 @@ __all__ = [
     "Release",
     "VariationalBottleneck",
     "gaussian_kl",
+    "kl_scale",
     "keyed_normal",
     "new_secret",
 ]
@@ -140,6 +141,12 @@ class CodePool(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         active = torch.relu(self.conv(features))
         return torch.cat([self.average(active), self.maximum(active)], dim=1)
+
+
+def kl_scale(warmup: int, epoch: int) -> float:
+    """The KL weight's share in ``epoch`` (0-based) of a phase: a linear ramp over
+    ``warmup`` epochs, from 0 in the first, then 1 (KL annealing, Bowman et al., 2016)."""
+    return 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
 
 
 def gaussian_kl(mean: Tensor, log_var: Tensor) -> Tensor:

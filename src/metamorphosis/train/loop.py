@@ -49,7 +49,7 @@ from ..models.producer import (
     freeze,
     train_only,
 )
-from ..models.release import new_secret
+from ..models.release import kl_scale, new_secret
 from ..privacy.accounting import DPPhase
 from ..privacy.engine import DPEngine, PlannedPhase
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -539,6 +539,7 @@ class Trainer:
             for epoch in range(first_epoch, phase.epochs):
                 epoch_seed = self.config.train.seed * 1_000_003 + index * 1009 + epoch
                 loader = self._loader(self.data.train, dp=phase.dp, epoch_seed=epoch_seed)
+                self.producer.kl_scale = kl_scale(self.config.defence.beta_warmup, epoch)
                 t0 = time.perf_counter()
                 train_losses = self._train_epoch(phase, model, optimizer, loader, log, epoch)
                 if phase.dp:
