@@ -39,7 +39,7 @@ def main() -> None:
         torch.manual_seed(0)
         network = build_network(config)
         producer = build_producer(config, network, shape)
-        heads = build_heads(config.all_labels, network, shape)
+        heads = build_heads(config.all_labels, network, shape, code_size=config.defence.code_size)
         rows[str(split)] = producer_cost(producer, heads, repeats=args.repeats)
         cost = rows[str(split)]
         print(

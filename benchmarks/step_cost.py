@@ -59,7 +59,7 @@ def _setup(num_tasks: int, encoder: str, size: int, batch: int):
     shape = (3, size, size)
     network = build_network(config)
     producer = build_producer(config, network, shape)
-    heads = build_heads(config.all_labels, network, shape)
+    heads = build_heads(config.all_labels, network, shape, code_size=config.defence.code_size)
     consumers = {
         s.name: Consumer(s, heads[s.name], torch.optim.AdamW(heads[s.name].parameters(), 1e-4))
         for s in config.all_labels
@@ -191,7 +191,7 @@ def _dp_method_step(extra: dict, encoder: str, size: int, batch: int):
     shape = (3, size, size)
     network = build_network(config)
     producer = build_producer(config, network, shape)
-    heads = build_heads(config.all_labels, network, shape)
+    heads = build_heads(config.all_labels, network, shape, code_size=config.defence.code_size)
     method = resolve_method(config)
     method.build_state(
         MethodContext(

@@ -39,3 +39,15 @@ def test_the_page_quotes_the_paper_only_on_marked_rows():
         assert any(source in line for line in marked), source
     # the old unmarked "paper, ..." rows are gone
     assert not any(line.startswith("| paper") for line in page.splitlines())
+
+
+def test_the_frontier_section_links_figures_that_exist():
+    """Each dataset's frontier table is on the page with its two figures, linked from docs/."""
+    page = _page()
+    for name in ("celeba", "statefarm", "demo"):
+        if not (REPO / "results" / "frontier" / name / "frontier.md").is_file():
+            continue
+        assert f"### Privacy–utility frontier: {name} " in page
+        for figure in ("frontier_leakage.png", "frontier_psnr.png"):
+            link = f"../results/frontier/{name}/{figure}"
+            assert f"]({link})" in page and (REPO / "docs" / link).resolve().is_file(), link

@@ -361,9 +361,8 @@ class DefenceConfig:
     * ``beta_warmup``: epochs over which the KL weight ramps linearly from 0 to
       ``beta`` (epoch e of each phase trains with β·min(1, e / beta_warmup); 0: β
       from the start), the usual guard against a code collapsing to the prior before
-      a head has learnt to read it. It did not rescue CelebA smile through a
-      one-vector code (51 %, docs/RESULTS.md), and on the demo colour fell
-      from 91 % to 73 % with 3 epochs of it (one seed).
+      a head has learnt to read it. Off by default: the recommended preset's
+      code learns without it (docs/RESULTS.md, frontier).
     * ``erase: linear``: after training, LEACE erases every private attribute
       linearly from each public task's (bottleneck) code, and the heads are
       fine-tuned ``head_epochs`` on the erased release.

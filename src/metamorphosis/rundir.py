@@ -431,7 +431,9 @@ def load_heads(run_dir: str | Path) -> nn.ModuleDict:
     heads = _build(
         record,
         Path(run_dir) / RUN_JSON,
-        lambda c: build_heads(c.all_labels, build_network(c), input_shape),
+        lambda c: build_heads(
+            c.all_labels, build_network(c), input_shape, code_size=c.defence.code_size
+        ),
     )
     _load_weights(heads, Path(run_dir) / HEADS_FILE)
     return heads.eval()

@@ -10,6 +10,7 @@ from metamorphosis.config import LabelSpec
 from metamorphosis.errors import ConfigError
 from metamorphosis.models.encoders import RESNET_CHILDREN, create_encoder
 from metamorphosis.models.heads import task_layer, upsampling_decoder
+from metamorphosis.models.release import Release
 
 SPECS = {
     "binary": LabelSpec("smile", kind="binary"),
@@ -130,3 +131,26 @@ def test_shared_builders() -> None:
     assert tuple(decoder(torch.randn(2, 8, 5, 6)).shape) == (2, 3, 20, 24)
     layer = task_layer(8, 4)
     assert tuple(layer(torch.randn(2, 8, 9, 9)).shape) == (2, 4, 9, 9)
+
+
+@pytest.mark.parametrize("code_size", [1, 2])
+def test_code_head_reads_back_the_expanded_code(code_size: int) -> None:
+    """A pooled release is the code expanded (1×1 conv) and upsampled to the map: the
+    code head's pool undoes the upsampling exactly, so its MLP sees the code's linear
+    image, one vector per region; classification kinds only, dense heads unchanged."""
+    torch.manual_seed(0)
+    network = create_encoder("test_resnet", split_index=5)
+    channels, height, width = network.feature_shape((3, 32, 32))
+    release = Release(channels, bottleneck_channels=4, code_size=code_size).eval()
+    features = network.encoder(torch.randn(3, 3, 32, 32))
+    with torch.no_grad():
+        released = release(features)
+        code, _ = release.code(features)
+    assert release.expand is not None and tuple(released.shape) == (3, channels, height, width)
+    head = network.make_head(SPECS["multiclass"], (32, 32), code_size=code_size)
+    assert [name for name, _ in head.named_children()][:2] == ["pool", "flatten"]
+    torch.testing.assert_close(head.pool(released), release.expand(code))
+    assert tuple(head(released).shape) == (3, 5)
+    _assert_no_sample_mixing(head, released)
+    dense = network.make_head(SPECS["depth"], (32, 32), code_size=code_size)
+    assert not any(isinstance(m, nn.Linear) for m in dense.modules())

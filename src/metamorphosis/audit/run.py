@@ -216,7 +216,7 @@ def _context(
         labels=labels,
         tasks=tuple(record["tasks"]),
         private=tuple(s for s in labels if s.name in record["private_attributes"]),
-        make_head=lambda spec: network.make_head(spec, hw),
+        make_head=lambda spec: network.make_head(spec, hw, code_size=config.defence.code_size),
         heads=dict(load_heads(run_dir)),  # read once: the kept-head swap and the cost
         budget=budget,
         device=device,

@@ -198,7 +198,7 @@ def _leakage(
     network = build_network(config)
     hw = (int(record["input_shape"][1]), int(record["input_shape"][2]))
     result = measure_leakage(
-        lambda spec: network.make_head(spec, hw),
+        lambda spec: network.make_head(spec, hw, code_size=config.defence.code_size),
         targets,
         train,
         test,

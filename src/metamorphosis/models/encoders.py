@@ -32,7 +32,13 @@ from torch import Tensor, nn
 from ..config import LabelSpec
 from ..errors import ConfigError
 from ..registry import Registry
-from .heads import classification_head, task_layer, upsample_stage, upsampling_decoder
+from .heads import (
+    classification_head,
+    code_head,
+    task_layer,
+    upsample_stage,
+    upsampling_decoder,
+)
 from .layers import check_norm, conv_norm_relu, norm_layer
 
 __all__ = [
@@ -215,15 +221,22 @@ class SplitNetwork:
         self.in_channels = in_channels
         self.encoder: nn.Module = self._build_encoder()
 
-    def make_head(self, spec: LabelSpec, input_hw: tuple[int, int]) -> nn.Module:
+    def make_head(
+        self, spec: LabelSpec, input_hw: tuple[int, int], *, code_size: int | None = None
+    ) -> nn.Module:
         """A fresh consumer head for ``spec`` on images of size ``input_hw``.
 
         Classification kinds give N×``spec.num_outputs`` logits; dense kinds
-        give N×``spec.num_outputs``×H×W at the full input resolution.
+        give N×``spec.num_outputs``×H×W at the full input resolution. With
+        ``code_size`` (the release is a pooled code, ``defence.code_size``) a
+        classification head is a :func:`~metamorphosis.models.heads.code_head`.
         """
         hw = _check_hw(input_hw)
         if spec.is_dense:
             return self._dense_head(spec, hw)
+        if code_size is not None:
+            channels = self.feature_shape((self.in_channels, *hw))[0]
+            return code_head(channels, code_size, spec.num_outputs)
         return self._classification_head(spec, hw)
 
     def feature_shape(self, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -246,11 +246,18 @@ def _eraser_shape(config: Config, feature_shape: tuple[int, int, int]) -> tuple[
 
 
 def build_heads(
-    labels: Sequence[LabelSpec], network: SplitNetwork, input_shape: tuple[int, int, int]
+    labels: Sequence[LabelSpec],
+    network: SplitNetwork,
+    input_shape: tuple[int, int, int],
+    *,
+    code_size: int | None = None,
 ) -> nn.ModuleDict:
-    """One consumer head per label (private attributes' heads stay with the producer)."""
+    """One consumer head per label (private attributes' heads stay with the producer);
+    ``code_size``: the release's pooled code side (``config.defence.code_size``)."""
     hw = (input_shape[1], input_shape[2])
-    return nn.ModuleDict({spec.name: network.make_head(spec, hw) for spec in labels})
+    return nn.ModuleDict(
+        {spec.name: network.make_head(spec, hw, code_size=code_size) for spec in labels}
+    )
 
 
 def count_parameters(module: nn.Module) -> int:

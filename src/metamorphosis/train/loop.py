@@ -311,7 +311,12 @@ class Trainer:
         if any(release.noisy for release in self.producer.releases.values()):
             self.producer.secret = new_secret()  # the key of the keyed release noise
         self.erased: dict[str, list[str]] = {}
-        self.heads = build_heads(config.all_labels, self.network, data.input_shape).to(self.device)
+        self.heads = build_heads(
+            config.all_labels,
+            self.network,
+            data.input_shape,
+            code_size=config.defence.code_size,
+        ).to(self.device)
         self.method = resolve_method(config)
         context = MethodContext(
             network=self.network,

@@ -184,4 +184,6 @@ def consumer_head(config: Config, input_shape: tuple[int, int, int], task: str) 
     torch.manual_seed(config.train.seed)
     network = build_network(config)
     build_producer(config, network, input_shape)
-    return build_heads(config.all_labels, network, input_shape)[task]
+    return build_heads(config.all_labels, network, input_shape, code_size=config.defence.code_size)[
+        task
+    ]
