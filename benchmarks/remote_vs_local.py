@@ -46,7 +46,7 @@ def main() -> None:
     tasks = [spec.name for spec in load_config(args.config).tasks]
     local_dir, remote_dir = args.out / "local", args.out / "remote"
     remote_dir.mkdir(parents=True)
-    keys = KeyStore(remote_dir / "keys.json")
+    keys = KeyStore(remote_dir / "keys.sqlite")
     secrets = {task: keys.issue(task).secret for task in tasks}
     port = free_port()
 

@@ -140,7 +140,7 @@ def _p(values: list[float], q: float) -> float:
 
 def _bench_split(split: int, repeats: int, key_dir: Path) -> None:
     producer = _producer(split)
-    keys = KeyStore(key_dir / f"keys-{split}.json")
+    keys = KeyStore(key_dir / f"keys-{split}.sqlite")
     secret = keys.issue("task").secret
     service = ProducerService(producer, RandomImages(64), keys, max_ids=64)
     server, url = _start_server(service)
@@ -195,7 +195,7 @@ def _round_trips(split: int, repeats: int, key_dir: Path) -> None:
     """Features out and gradient back through the training routes, per batch size."""
     producer = _producer(split)
     hub = TrainingHub(["task"], timeout=30)
-    keys = KeyStore(key_dir / f"train-keys-{split}.json")
+    keys = KeyStore(key_dir / f"train-keys-{split}.sqlite")
     secret = keys.issue("task").secret
     stop = threading.Event()
     with TrainingServer(hub, keys) as server:

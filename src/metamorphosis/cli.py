@@ -301,7 +301,7 @@ class _Listen:
 def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen):
     """Serve the training routes while training; print a key per task that has none.
 
-    Everything that can be refused (method, TLS files, address, port, keys.json)
+    Everything that can be refused (method, TLS files, address, port, the key store)
     is checked before any key is issued.
     """
     _require_serve_extra()
@@ -317,6 +317,8 @@ def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen)
     check_tls(listen.ssl_certfile, listen.ssl_keyfile)
     check_bind(listen.host, tls=listen.ssl_certfile is not None, insecure=listen.insecure)
     keys = KeyStore(out / KEYS_FILE)
+    if keys.migrated:
+        typer.echo(keys.migrated, err=True)
     tasks = [spec.name for spec in config.tasks]
     hub = TrainingHub(tasks, timeout=listen.step_timeout)
     server = TrainingServer(
@@ -428,6 +430,11 @@ def _require_serve_extra() -> None:
         )
 
 
+def _tell(message: str) -> None:
+    """A one-line notice on stderr (stdout stays for what scripts read)."""
+    typer.echo(message, err=True)
+
+
 @app.command()
 def serve(
     run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run dir.")],
@@ -472,7 +479,9 @@ def serve(
         raise MetaMorphosisError(f"--data-root {data_root} is not a folder")
     tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     check_listen(host, port, **tls, insecure=insecure, metrics_port=metrics_port)
-    service = build_service(run_dir, source=source, data_root=data_root, max_ids=max_ids)
+    service = build_service(
+        run_dir, source=source, data_root=data_root, max_ids=max_ids, notify=_tell
+    )
     app_ = create_app(service, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
     # Bound before announcing: a port in use is an error here, not after "serving".
     registry = app_.state.metrics.registry
@@ -503,7 +512,7 @@ def keys_issue(
     tasks = read_tasks(run_dir)
     if task not in tasks:
         raise MetaMorphosisError(f"task {task!r} is not a public task of this run: {tasks}")
-    issued = key_store(run_dir).issue(task, ttl=ttl)
+    issued = key_store(run_dir, _tell).issue(task, ttl=ttl)
     typer.echo(f"key id: {issued.record.key_id}  task: {task}", err=True)
     typer.echo("secret (shown once, store it now):", err=True)
     typer.echo(issued.secret)
@@ -517,7 +526,7 @@ def keys_list(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR")]) -> No
     _require_serve_extra()
     from .serve.server import key_store
 
-    records = key_store(run_dir).list()
+    records = key_store(run_dir, _tell).list()
     now = _time.time()
     typer.echo(f"{'key id':<14}{'task':<16}{'status':<10}expires")
     for record in records:
@@ -534,7 +543,7 @@ def keys_revoke(
     _require_serve_extra()
     from .serve.server import key_store
 
-    key_store(run_dir).revoke(key_id)
+    key_store(run_dir, _tell).revoke(key_id)
     typer.echo(f"revoked {key_id}")
 
 

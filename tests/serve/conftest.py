@@ -44,7 +44,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(served_run):
     """``serve`` in a subprocess with keys for each task, one expired, one to revoke."""
-    store = KeyStore(served_run / "keys.json")
+    store = KeyStore(served_run / "keys.sqlite")
     issued = {
         "shape": store.issue("shape"),
         "large": store.issue("large"),

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -156,7 +157,7 @@ def test_keys_issue_refuses_a_bad_ttl(served_run, ttl):
 
 def _run_copy(served_run, tmp_path):
     copy = tmp_path / "run"
-    shutil.copytree(served_run, copy, ignore=shutil.ignore_patterns("keys.json"))
+    shutil.copytree(served_run, copy, ignore=shutil.ignore_patterns("keys.*"))
     return copy
 
 
@@ -168,6 +169,16 @@ _RECORD = {
     "expires_at": None,
     "revoked_at": None,
 }
+
+
+def _every_command(run):
+    """Every command that opens the run's key store."""
+    return (
+        ["keys", "list", str(run)],
+        ["keys", "issue", str(run), "--task", "shape"],
+        ["keys", "revoke", str(run), "0123456789ab"],
+        ["serve", str(run), "--port", "0"],
+    )
 
 
 @pytest.mark.parametrize(
@@ -182,24 +193,72 @@ _RECORD = {
         (b"\xff\xfe garbage", "is not UTF-8 text"),
     ],
 )
-def test_a_bad_keys_file_is_one_line_for_every_command(served_run, tmp_path, content, fragment):
+def test_a_bad_legacy_keys_json_is_one_line_and_not_migrated(
+    served_run, tmp_path, content, fragment
+):
     run = _run_copy(served_run, tmp_path)
     keys = run / "keys.json"
     keys.write_bytes(content if isinstance(content, bytes) else content.encode())
-    for command in (
-        ["keys", "list", str(run)],
-        ["keys", "issue", str(run), "--task", "shape"],
-        ["keys", "revoke", str(run), "0123456789ab"],
-        ["serve", str(run), "--port", "0"],
-    ):
+    for command in _every_command(run):
         _one_line_error(runner.invoke(app, command), str(keys), fragment)
+    assert keys.exists() and not (run / "keys.sqlite").exists()  # nothing half-migrated
+
+
+def _bad_database(path, kind):
+    if kind == "garbage":
+        path.write_bytes(b"{not a database" * 100)
+        return
+    connection = sqlite3.connect(path)
+    if kind == "wrong version":
+        connection.execute("CREATE TABLE keys (key_id TEXT)")
+        connection.execute("PRAGMA user_version = 7")
+    else:  # a row that breaks a rule the schema does not enforce
+        connection.execute(_KEYS_TABLE)
+        connection.execute("PRAGMA user_version = 1")
+        row = {**_RECORD, "sha256": "not hex"}
+        connection.execute("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?)", tuple(row.values()))
+    connection.commit()
+    connection.close()
+
+
+_KEYS_TABLE = """CREATE TABLE keys (key_id TEXT PRIMARY KEY, task TEXT, sha256 TEXT,
+    created_at REAL, expires_at REAL, revoked_at REAL)"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [
+        ("garbage", "not a database"),
+        ("wrong version", "format version 7, expected 1"),
+        ("bad row", "invalid sha256 (hidden)"),
+    ],
+)
+def test_a_bad_key_database_is_one_line_for_every_command(served_run, tmp_path, kind, fragment):
+    run = _run_copy(served_run, tmp_path)
+    keys = run / "keys.sqlite"
+    _bad_database(keys, kind)
+    for command in _every_command(run):
+        _one_line_error(runner.invoke(app, command), str(keys), fragment)
+
+
+def test_the_cli_says_once_that_it_migrated_keys_json(served_run, tmp_path):
+    run = _run_copy(served_run, tmp_path)
+    record = {**_RECORD, "revoked_at": 2.0}
+    (run / "keys.json").write_text(json.dumps({"version": 1, "keys": [record]}))
+    first = runner.invoke(app, ["keys", "list", str(run)])
+    assert first.exit_code == 0, first.output
+    assert "migrated 1 key(s)" in first.stderr and "keys.json.migrated" in first.stderr
+    assert "0123456789ab" in first.stdout and "revoked" in first.stdout
+    second = runner.invoke(app, ["keys", "list", str(run)])
+    assert second.exit_code == 0 and "migrated" not in second.stderr
+    assert second.stdout == first.stdout
 
 
 def test_a_keys_file_that_is_a_symlink_fifo_or_folder_is_refused(served_run, tmp_path):
     run = _run_copy(served_run, tmp_path)
-    keys = run / "keys.json"
-    (run / "elsewhere.json").write_text('{"version": 1, "keys": []}')
-    keys.symlink_to(run / "elsewhere.json")
+    keys = run / "keys.sqlite"
+    (run / "elsewhere.sqlite").write_bytes(b"")
+    keys.symlink_to(run / "elsewhere.sqlite")
     _one_line_error(runner.invoke(app, ["keys", "list", str(run)]), "is a symlink")
     keys.unlink()
     os.mkfifo(keys)  # reading it would block forever
@@ -270,7 +329,7 @@ def test_remote_training_refuses_bad_flags(tiny_config, tmp_path, flags, fragmen
     out = tmp_path / "run"
     command = ["train", str(tiny_config), "--out", str(out), "--remote", *flags]
     _one_line_error(runner.invoke(app, command), fragment)
-    assert not (out / "keys.json").exists()
+    assert not (out / "keys.sqlite").exists()
 
 
 def test_remote_training_refuses_a_busy_port_and_bad_tls_before_issuing_keys(
@@ -283,13 +342,13 @@ def test_remote_training_refuses_a_busy_port_and_bad_tls_before_issuing_keys(
     tls = ["--ssl-certfile", str(tls_files / "b-cert.pem")]
     tls += ["--ssl-keyfile", str(tls_files / "a-key.pem")]
     _one_line_error(runner.invoke(app, [*command, *tls]), "does not belong to the certificate")
-    assert not (out / "keys.json").exists()
+    assert not (out / "keys.sqlite").exists()
 
 
 def test_the_training_server_refuses_a_busy_port(tmp_path, busy_port):
     hub = TrainingHub(["shape"], timeout=5)
     with pytest.raises(ConfigError, match="already in use"):
-        TrainingServer(hub, KeyStore(tmp_path / "keys.json"), port=busy_port)
+        TrainingServer(hub, KeyStore(tmp_path / "keys.sqlite"), port=busy_port)
 
 
 # -- the HTTP service ------------------------------------------------------------------
@@ -512,7 +571,7 @@ def test_an_open_stream_holds_a_concurrency_slot(served_run):
 
 def test_a_chunked_gradient_over_the_limit_gets_413(tmp_path):
     hub = TrainingHub(["shape"], timeout=5)
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite")
     auth = {"Authorization": f"Bearer {keys.issue('shape').secret}", "Content-Type": MEDIA_TYPE}
     hub.current_ids = ["a"]
     step = hub.publish("shape", torch.zeros(1, 2, 2, 2))
@@ -539,7 +598,7 @@ def test_a_chunked_gradient_over_the_limit_gets_413(tmp_path):
 
 def test_a_chunked_body_over_the_limit_gets_413_from_uvicorn(tmp_path):
     hub = TrainingHub(["shape"], timeout=5)
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite")
     auth = {"Authorization": f"Bearer {keys.issue('shape').secret}"}
     with _uvicorn(create_training_app(hub, keys, max_body_bytes=4096)) as url:
         body = iter([b"x" * 3000, b"x" * 3000])  # an iterator: chunked, no Content-Length

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import multiprocessing
 import os
+import sqlite3
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -36,7 +41,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(tmp_path, clock) -> KeyStore:
-    return KeyStore(tmp_path / "run" / "keys.json", clock=clock)
+    return KeyStore(tmp_path / "run" / "keys.sqlite", clock=clock)
 
 
 def token_of(issued: IssuedKey) -> str:
@@ -69,18 +74,27 @@ def test_issue_then_authenticate(store, clock):
     assert token_of(issued) not in repr(issued)
 
 
-def test_key_file_holds_only_the_hash_and_is_private(store):
+def rows(path):
+    connection = sqlite3.connect(path)
+    try:
+        connection.row_factory = sqlite3.Row
+        return [dict(row) for row in connection.execute("SELECT * FROM keys")]
+    finally:
+        connection.close()
+
+
+def test_key_database_holds_only_the_hash_and_is_private(store):
     issued = store.issue("smile")
-    text = store.path.read_text()
-    assert token_of(issued) not in text
-    assert issued.secret not in text
-    data = json.loads(text)
-    assert data["version"] == 1
-    (entry,) = data["keys"]
+    data = store.path.read_bytes()
+    assert token_of(issued).encode() not in data and issued.secret.encode() not in data
+    (entry,) = rows(store.path)
     assert set(entry) == {"key_id", "task", "sha256", "created_at", "expires_at", "revoked_at"}
     assert entry["key_id"] == issued.record.key_id and len(entry["sha256"]) == 64
+    assert entry["sha256"] == hashlib.sha256(token_of(issued).encode()).hexdigest()
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     assert "sha256" not in issued.record.to_public_dict()
+    leftovers = [p.name for p in store.path.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # the temporary the database was built under is gone
 
 
 def test_failure_reasons(store):
@@ -135,7 +149,7 @@ def test_revoke_is_idempotent_and_blocks_the_key(store, clock):
 
 
 def test_changes_from_another_instance_are_seen(tmp_path, clock):
-    path = tmp_path / "keys.json"
+    path = tmp_path / "keys.sqlite"
     server = KeyStore(path, clock=clock)
     cli = KeyStore(path, clock=clock)
     issued = cli.issue("smile")  # issued while the server runs
@@ -168,7 +182,7 @@ def test_list_shows_statuses(store, clock):
 
 
 def test_missing_file_means_no_keys(tmp_path):
-    store = KeyStore(tmp_path / "nowhere" / "keys.json")
+    store = KeyStore(tmp_path / "nowhere" / "keys.sqlite")
     assert store.list() == []
     assert reason_of(store, "mmk_" + "a" * 12 + "_" + "b" * 43) == "unknown"
 
@@ -183,19 +197,139 @@ def test_missing_file_means_no_keys(tmp_path):
         '{"version": 1, "keys": [{"key_id": "abc"}]}',
     ],
 )
-def test_corrupt_file_names_the_path(tmp_path, text):
-    path = tmp_path / "keys.json"
-    path.write_text(text)
+def test_a_corrupt_legacy_file_names_its_path_and_migrates_nothing(tmp_path, text):
+    legacy = tmp_path / "keys.json"
+    legacy.write_text(text)
+    with pytest.raises(KeyFileError, match=str(legacy)):
+        KeyStore(tmp_path / "keys.sqlite")
+    assert legacy.read_text() == text and not (tmp_path / "keys.sqlite").exists()
+    assert issubclass(KeyFileError, MetaMorphosisError)
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 100, b"SQLite format 3\x00" + b"\x00" * 84])
+def test_a_corrupt_database_is_refused_when_opened(tmp_path, content):
+    path = tmp_path / "keys.sqlite"
+    path.write_bytes(content)
     with pytest.raises(KeyFileError, match=str(path)):
         KeyStore(path)
-    assert issubclass(KeyFileError, MetaMorphosisError)
+
+
+def test_a_json_path_is_refused_with_the_new_name(tmp_path):
+    with pytest.raises(KeyFileError, match="keys.sqlite"):
+        KeyStore(tmp_path / "keys.json")
 
 
 def test_file_corrupted_while_running_fails_closed(store):
     issued = store.issue("smile")
-    store.path.write_text("garbage")
-    with pytest.raises(KeyFileError, match="keys.json"):
+    store.path.write_bytes(b"garbage" * 100)
+    with pytest.raises(KeyFileError, match="keys.sqlite"):
         store.authenticate(issued.secret)
+
+
+# -- migration from keys.json -----------------------------------------------------------
+
+
+def legacy_file(folder, clock, *, revoke=True):
+    """A keys.json as the previous version wrote it: two keys, one revoked."""
+    active, revoked = (
+        {
+            "key_id": key_id,
+            "task": task,
+            "sha256": hashlib.sha256(token.encode()).hexdigest(),
+            "created_at": clock.now,
+            "expires_at": None,
+            "revoked_at": clock.now + 1 if (revoke and task == "age") else None,
+        }
+        for key_id, task, token in (
+            ("0123456789ab", "smile", "a" * 43),
+            ("ba9876543210", "age", "b" * 43),
+        )
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "keys.json"
+    path.write_text(json.dumps({"version": 1, "keys": [active, revoked]}))
+    return path, "mmk_0123456789ab_" + "a" * 43, "mmk_ba9876543210_" + "b" * 43
+
+
+def test_keys_json_is_migrated_once_with_its_revocations(tmp_path, clock):
+    legacy, smile, age = legacy_file(tmp_path, clock)
+    store = KeyStore(tmp_path / "keys.sqlite", clock=clock)
+    assert store.migrated and "migrated 2 key(s)" in store.migrated
+    assert not legacy.exists() and (tmp_path / "keys.json.migrated").exists()
+    assert store.authenticate(smile).task == "smile"
+    assert reason_of(store, age) == "revoked"  # a revocation survives the migration
+    again = KeyStore(tmp_path / "keys.sqlite", clock=clock)
+    assert again.migrated is None  # once: the second store finds nothing to migrate
+    assert [r.key_id for r in again.list()] == ["0123456789ab", "ba9876543210"]
+
+
+def test_a_migration_killed_before_the_rename_is_finished_by_the_next_store(tmp_path, clock):
+    legacy, smile, _ = legacy_file(tmp_path, clock)
+    saved = legacy.read_text()
+    KeyStore(tmp_path / "keys.sqlite", clock=clock)
+    legacy.write_text(saved)  # as if killed between linking the database and the rename
+    store = KeyStore(tmp_path / "keys.sqlite", clock=clock)
+    assert store.migrated is None and not legacy.exists()
+    assert store.authenticate(smile).task == "smile"
+
+
+def test_a_keys_json_that_differs_from_the_database_is_refused(tmp_path, clock):
+    legacy_file(tmp_path, clock)
+    store = KeyStore(tmp_path / "keys.sqlite", clock=clock)
+    store.issue("smile")  # the database moved on; a stale keys.json reappears
+    legacy_file(tmp_path, clock, revoke=False)
+    with pytest.raises(KeyFileError, match="hold different keys"):
+        KeyStore(tmp_path / "keys.sqlite", clock=clock)
+    assert (tmp_path / "keys.json").exists()  # left for the operator to check
+
+
+# -- several processes ----------------------------------------------------------------------
+
+
+def _issue_and_revoke(path: str, worker: int, rounds: int, out) -> None:
+    store = KeyStore(path)
+    issued = []
+    for i in range(rounds):
+        issued.append(store.issue(f"task{worker}").record.key_id)
+        if i % 2:
+            store.revoke(issued[-1])
+    out.put((worker, issued))
+
+
+def test_writers_in_two_processes_lose_no_key_and_resurrect_no_revocation(tmp_path):
+    path = tmp_path / "keys.sqlite"
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    rounds = 25
+    workers = [
+        context.Process(target=_issue_and_revoke, args=(str(path), w, rounds, out))
+        for w in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    results = dict(out.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    records = {r.key_id: r for r in KeyStore(path).list()}
+    assert len(records) == 2 * rounds
+    for w, key_ids in results.items():
+        for i, key_id in enumerate(key_ids):
+            assert records[key_id].task == f"task{w}"
+            assert (records[key_id].revoked_at is not None) == bool(i % 2)
+
+
+def test_a_revocation_from_another_process_is_seen_at_the_next_request(tmp_path, clock):
+    path = tmp_path / "keys.sqlite"
+    server = KeyStore(path, clock=clock)
+    issued = server.issue("smile")
+    assert server.authenticate(issued.secret).task == "smile"
+    command = (
+        "import sys; from metamorphosis.serve.keys import KeyStore; "
+        "KeyStore(sys.argv[1]).revoke(sys.argv[2])"
+    )
+    subprocess.run([sys.executable, "-c", command, str(path), issued.record.key_id], check=True)
+    assert reason_of(server, issued.secret) == "revoked"
 
 
 def test_constant_time_compare_is_used_also_for_unknown_ids(store, monkeypatch):

@@ -29,7 +29,7 @@ from tiny import tiny_config_dict
 def hub_app(tmp_path):
     """The training routes on a real uvicorn server on 127.0.0.1, and a key per task."""
     hub = TrainingHub(["shape", "large"], timeout=5)
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite")
     secrets = {t: keys.issue(t).secret for t in ("shape", "large")}
     with (
         TrainingServer(hub, keys, max_body_bytes=8192) as server,
@@ -130,7 +130,7 @@ def _answer_one_step_then_finish(hub):
 
 def test_a_consumer_started_before_the_producer_waits_for_it(tmp_path):
     hub = TrainingHub(["shape"], timeout=30)
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite")
     port = free_port()
     consumer = _CountingConsumer()
     client = ConsumerClient(
@@ -157,7 +157,7 @@ def test_an_unreachable_producer_fails_the_consumer_after_its_wait():
 
 def test_a_lost_gradient_is_resent_without_stepping_the_head_twice(tmp_path, monkeypatch):
     hub = TrainingHub(["shape"], timeout=30)
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite")
     consumer = _CountingConsumer()
     with TrainingServer(hub, keys) as server:
         client = ConsumerClient(server.url, task="shape", key=keys.issue("shape").secret)
@@ -198,7 +198,7 @@ def test_remote_training_with_two_consumer_processes_matches_in_process(tmp_path
     local = _run(["train", str(config), "--out", str(tmp_path / "local"), "--quiet"])
     remote_dir = tmp_path / "remote"
     remote_dir.mkdir()
-    keys = KeyStore(remote_dir / "keys.json")
+    keys = KeyStore(remote_dir / "keys.sqlite")
     secrets = {t: keys.issue(t).secret for t in ("shape", "large")}
     port = free_port()
     consumers = [  # started first: they wait for the producer to come up
@@ -279,7 +279,7 @@ def test_the_training_routes_speak_tls(tmp_path):
         capture_output=True,
     )
     hub = TrainingHub(["shape"], timeout=5)
-    keys = KeyStore(tmp_path / "keys.json")
+    keys = KeyStore(tmp_path / "keys.sqlite")
     secret = keys.issue("shape").secret
     auth = {"Authorization": f"Bearer {secret}"}
     server = TrainingServer(hub, keys, ssl_certfile=str(cert), ssl_keyfile=str(key))

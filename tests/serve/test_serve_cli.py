@@ -77,7 +77,7 @@ def test_remote_training_refuses_plaintext_on_a_public_address(tmp_path):
     _one_line_error(runner.invoke(app, command), "refusing to serve plaintext HTTP on 0.0.0.0")
     half_tls = [*command[:-2], "--ssl-certfile", "c.pem"]
     _one_line_error(runner.invoke(app, half_tls), "--ssl-keyfile")
-    assert not (out / "keys.json").exists()  # refused before any key was issued
+    assert not (out / "keys.sqlite").exists()  # refused before any key was issued
 
 
 def test_remote_training_refuses_kd_mtl_before_issuing_keys(tmp_path):
@@ -92,4 +92,4 @@ def test_remote_training_refuses_kd_mtl_before_issuing_keys(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", str(config), "--out", str(out), "--remote"])
     _one_line_error(result, "method 'kd-mtl' cannot train with remote consumers")
-    assert not (out / "keys.json").exists()
+    assert not (out / "keys.sqlite").exists()

@@ -86,7 +86,7 @@ def test_a_corrupt_key_file_is_503_not_a_crash(served_run, tmp_path):
     shutil.copytree(served_run, copy)
     secret = key_store(copy).issue("shape").secret
     client = TestClient(create_app(build_service(copy)))
-    (copy / "keys.json").write_text("{not json")
+    (copy / "keys.sqlite").write_text("{not json")
     headers = {"Authorization": f"Bearer {secret}"}
     response = client.get("/v1/tasks/shape/schema", headers=headers)
     assert response.status_code == 503 and response.json() == {"error": "key store unavailable"}

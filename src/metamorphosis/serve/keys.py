@@ -2,16 +2,23 @@
 
 A secret looks like ``mmk_<key_id>_<token>``: ``key_id`` (12 hex characters) is a
 public handle used to find the record, list and revoke it; ``token`` (32 random
-bytes, URL-safe base64) is the secret part. ``keys.json`` in the run dir stores
-only ``sha256(token)``, so reading the file does not let anyone call the API.
+bytes, URL-safe base64) is the secret part. The store keeps only ``sha256(token)``,
+so reading it does not let anyone call the API.
 
-The producer service and the ``metamorphosis keys`` CLI are different processes
-sharing that file, so :class:`KeyStore` re-reads it whenever its identity
-(inode, ``mtime_ns``, size) changed: a key revoked from the CLI stops working on
-the next request, without restarting the server. Writes go through
-:func:`~metamorphosis.io.atomic_write`, so a reader never sees a
-half-written file. Two *writers* running at the same instant could still lose
-one update (there is no cross-process lock); writers are human-paced CLI calls.
+The store is an SQLite database, ``keys.sqlite`` in the run dir (WAL mode, mode
+0600). The service's workers and the ``metamorphosis keys`` CLI are different
+processes sharing it: every operation opens its own connection and reads the
+committed state, so a key issued or revoked from the CLI is seen by every worker at
+its next request, and concurrent writers serialise on SQLite's lock (issue is one
+``INSERT``, revoke one conditional ``UPDATE`` in an immediate transaction: no
+update is lost, no revoked key comes back). A file created by a first write is
+built under a temporary name and linked into place, so no process ever opens a
+half-initialised database.
+
+A run dir written by an earlier version holds ``keys.json``; the first store opened
+on it migrates its keys once (every record checked as before; a corrupt file is an
+error and nothing is migrated), links the new database into place and renames the
+JSON file to ``keys.json.migrated``.
 
 Authentication failures raise :class:`AuthError` with a ``reason`` for logs;
 the HTTP layer answers every reason with the same 401 body, and messages never
@@ -21,6 +28,7 @@ contain the secret.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,7 +36,9 @@ import math
 import os
 import re
 import secrets
+import sqlite3
 import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +47,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import MetaMorphosisError, RunDirError
-from ..io import atomic_write
 
 __all__ = [
     "AUTH_REASONS",
@@ -49,13 +58,30 @@ __all__ = [
     "KeyNotFound",
     "KeyRecord",
     "KeyStore",
+    "KEYS_DATABASE",
+    "LEGACY_KEYS_FILE",
     "parse_bearer",
     "valid_task_name",
 ]
 
 SECRET_PREFIX = "mmk_"
 AUTH_REASONS = ("missing", "malformed", "unknown", "expired", "revoked")
-FILE_VERSION = 1
+FILE_VERSION = 1  # of keys.json (migrated from) and of the database (its user_version)
+KEYS_DATABASE = "keys.sqlite"  # in the run dir (CONTRACT: run dir)
+LEGACY_KEYS_FILE = "keys.json"  # what earlier versions wrote; migrated once
+MIGRATED_SUFFIX = ".migrated"
+#: Seconds a writer waits for another process's transaction before failing.
+BUSY_TIMEOUT = 10.0
+_SCHEMA = """
+CREATE TABLE keys (
+    key_id TEXT PRIMARY KEY NOT NULL,
+    task TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL
+) STRICT
+"""
 
 KeyStatus = Literal["active", "expired", "revoked"]
 
@@ -107,7 +133,8 @@ class KeyNotFound(MetaMorphosisError):
 
 
 class KeyFileError(RunDirError):
-    """``keys.json`` cannot be parsed or holds invalid records."""
+    """The key database (or a ``keys.json`` to migrate) cannot be read or holds invalid
+    records."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +238,8 @@ _RULES = (  # field, check, what is allowed
 
 
 def _parse_record(where: str, item: Any) -> _Entry:
-    """One record of ``keys.json``, every field checked (``where`` names it in errors)."""
+    """One key record (a database row or a ``keys.json`` item), every field checked
+    (``where`` names it in errors)."""
     if not isinstance(item, dict) or set(item) != set(_FIELDS):
         raise KeyFileError(f"{where} must have exactly the fields {', '.join(_FIELDS)}")
     for name, check, allowed in _RULES:
@@ -233,116 +261,174 @@ def _parse_record(where: str, item: Any) -> _Entry:
 
 
 class KeyStore:
-    """The consumer keys of one run, backed by a JSON file (usually ``RUN_DIR/keys.json``).
+    """The consumer keys of one run, in an SQLite database (usually ``RUN_DIR/keys.sqlite``).
 
-    File format: ``{"version": 1, "keys": [{"key_id", "task", "sha256",
-    "created_at", "expires_at", "revoked_at"}, ...]}``, mode 0600. A missing
-    file means no keys; a corrupt one raises :class:`KeyFileError` rather than
-    silently dropping every key (or, worse, a revocation).
-
-    Thread-safe within a process; see the module docstring for other processes.
+    A missing database means no keys (nothing is created until the first key is
+    issued); a corrupt one raises :class:`KeyFileError` rather than silently dropping
+    every key (or, worse, a revocation). A ``keys.json`` beside a missing database is
+    migrated when the store is opened (:attr:`migrated` then says so).
 
     Args:
-        path: The key file.
+        path: The database file.
         clock: Epoch-seconds clock, injectable for tests of expiry.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time):
         self.path = Path(path)
+        if self.path.suffix == ".json":
+            raise KeyFileError(
+                f"{self.path}: the key store is an SQLite database ({KEYS_DATABASE}); a "
+                f"{LEGACY_KEYS_FILE} beside it is migrated when the store is opened"
+            )
         self._clock = clock
         self._lock = threading.RLock()
-        self._entries: dict[str, _Entry] = {}
-        self._signature: tuple[int, int, int] | None = None
-        self._refresh()
+        #: A line saying what was migrated from ``keys.json`` when this store did it.
+        self.migrated: str | None = None
+        self._migrate()
+        self._read_all()  # a corrupt store is refused when opened, not at first use
 
-    # -- file I/O -------------------------------------------------------------
+    # -- the database -----------------------------------------------------------
 
-    def _stat_signature(self) -> tuple[int, int, int] | None:
+    @property
+    def legacy_path(self) -> Path:
+        return self.path.with_name(LEGACY_KEYS_FILE)
+
+    def _exists(self, path: Path) -> bool:
+        """Whether ``path`` is there; refused when it is not a plain file (a symlink would
+        fork the keys on a rewrite, a FIFO would block the reader forever)."""
         try:
-            st = self.path.lstat()
+            st = path.lstat()
         except FileNotFoundError:
-            return None
+            return False
         except OSError as exc:
-            raise KeyFileError(f"cannot read key file {self.path}: {exc.strerror}") from exc
-        # Not a symlink: every write replaces the link with a file, silently
-        # forking the keys; not a FIFO or device, whose read could block forever.
+            raise KeyFileError(f"cannot read key file {path}: {exc.strerror}") from exc
         if stat.S_ISLNK(st.st_mode):
-            raise KeyFileError(f"key file {self.path} is a symlink: it must be a regular file")
+            raise KeyFileError(f"key file {path} is a symlink: it must be a regular file")
         if not stat.S_ISREG(st.st_mode):
-            raise KeyFileError(f"key file {self.path} is not a regular file")
-        if st.st_size > _MAX_FILE_BYTES:
-            raise KeyFileError(f"key file {self.path} is over {_MAX_FILE_BYTES} bytes")
-        # The inode changes on every atomic replace, so even two writes within one
-        # mtime tick that keep the size are noticed.
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+            raise KeyFileError(f"key file {path} is not a regular file")
+        return True
 
-    def _refresh(self, *, force: bool = False) -> None:
-        """Re-read the file if it changed since the last read (or always with ``force``)."""
-        with self._lock:
-            signature = self._stat_signature()
-            if not force and signature == self._signature:
-                return
-            if signature is None:
-                self._entries, self._signature = {}, None
-                return
-            try:
-                text = self.path.read_text(encoding="utf-8")
-            except FileNotFoundError:  # removed between stat and read
-                self._entries, self._signature = {}, None
-                return
-            except OSError as exc:
-                raise KeyFileError(f"cannot read key file {self.path}: {exc}") from exc
-            except UnicodeDecodeError as exc:
-                raise KeyFileError(f"key file {self.path} is not UTF-8 text") from exc
-            self._entries = self._parse(text)
-            self._signature = signature
-
-    def _parse(self, text: str) -> dict[str, _Entry]:
-        where = f"key file {self.path}"
-        if not text.strip():
-            expected = f'{{"version": {FILE_VERSION}, "keys": [...]}}'
-            raise KeyFileError(f"{where} is empty: expected {expected}")
+    def _connect(self, path: Path | None = None) -> sqlite3.Connection:
+        path = self.path if path is None else path
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            raise KeyFileError(f"{where} is not valid JSON ({exc})") from exc
-        if not isinstance(data, dict) or data.get("version") != FILE_VERSION:
-            raise KeyFileError(f'{where} must be an object with "version": {FILE_VERSION}')
-        keys = data.get("keys")
-        if not isinstance(keys, list):
-            raise KeyFileError(f'{where} must have a "keys" list')
-        entries: dict[str, _Entry] = {}
-        for i, item in enumerate(keys):
-            entry = _parse_record(f"{where}: keys[{i}]", item)
-            if entry.record.key_id in entries:
-                raise KeyFileError(f"{where}: keys[{i}] repeats key_id {entry.record.key_id!r}")
-            entries[entry.record.key_id] = entry
-        return entries
+            connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise KeyFileError(f"cannot open key file {path}: {exc}") from exc
+        return connection
 
-    def _write(self, entries: dict[str, _Entry]) -> None:
-        payload = {
-            "version": FILE_VERSION,
-            "keys": [
-                {
-                    "key_id": e.record.key_id,
-                    "task": e.record.task,
-                    "sha256": e.sha256,
-                    "created_at": e.record.created_at,
-                    "expires_at": e.record.expires_at,
-                    "revoked_at": e.record.revoked_at,
-                }
-                for e in entries.values()
-            ],
-        }
-        text = json.dumps(payload, indent=2) + "\n"
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> builtins.list[_Entry]:
+        """Rows of ``sql`` as checked entries; none when the database does not exist yet."""
+        with self._lock:
+            if not self._exists(self.path):
+                return []
+            connection = self._connect()
+            try:
+                self._check_version(connection)
+                rows = connection.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise KeyFileError(f"key file {self.path} cannot be read: {exc}") from exc
+            finally:
+                connection.close()
+        return [self._entry(row) for row in rows]
 
-        def write(tmp: Path) -> None:
-            tmp.write_text(text, encoding="utf-8")
+    def _check_version(self, connection: sqlite3.Connection) -> None:
+        (version,) = connection.execute("PRAGMA user_version").fetchone()
+        if version != FILE_VERSION:
+            raise KeyFileError(
+                f"key file {self.path} has format version {version}, expected {FILE_VERSION}"
+            )
+
+    def _entry(self, row: tuple[Any, ...]) -> _Entry:
+        where = f"key file {self.path}: key {str(row[0])[:20]!r}"
+        return _parse_record(where, dict(zip(_FIELDS, row, strict=True)))
+
+    def _read_all(self) -> dict[str, _Entry]:
+        entries = self._query(f"SELECT {', '.join(_FIELDS)} FROM keys ORDER BY created_at")
+        return {e.record.key_id: e for e in entries}
+
+    def _read(self, key_id: str) -> _Entry | None:
+        rows = self._query(f"SELECT {', '.join(_FIELDS)} FROM keys WHERE key_id = ?", (key_id,))
+        return rows[0] if rows else None
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        """Run one write in an immediate transaction (creating the database first when it
+        does not exist); the number of rows it changed."""
+        with self._lock:
+            if not self._exists(self.path):
+                self._create([])
+            connection = self._connect()
+            try:
+                self._check_version(connection)
+                connection.execute("BEGIN IMMEDIATE")
+                changed = connection.execute(sql, args).rowcount
+                connection.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise KeyFileError(f"key file {self.path} cannot be written: {exc}") from exc
+            finally:
+                connection.close()
+        return changed
+
+    def _create(self, entries: builtins.list[_Entry]) -> bool:
+        """Build the database holding ``entries`` under a temporary name, then link it into
+        place; False when another process created it first (its keys win)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.close(fd)
+        tmp = Path(name)
+        try:
             os.chmod(tmp, 0o600)  # hashes only, but still nobody else's business
+            connection = self._connect(tmp)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")  # kept in the file
+                connection.execute("BEGIN")
+                connection.execute(_SCHEMA)
+                connection.executemany(
+                    f"INSERT INTO keys VALUES ({', '.join('?' * len(_FIELDS))})",
+                    [_row(e) for e in entries],
+                )
+                connection.execute(f"PRAGMA user_version = {FILE_VERSION}")
+                connection.execute("COMMIT")
+            finally:
+                connection.close()
+            try:
+                os.link(tmp, self.path)  # atomic, and fails if the file appeared meanwhile
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                leftover.unlink(missing_ok=True)
 
-        atomic_write(self.path, write)
-        self._entries = entries
-        self._signature = self._stat_signature()
+    def _migrate(self) -> None:
+        """Move ``keys.json``'s keys into a new database, once.
+
+        The database is linked into place before the JSON file is renamed, so a process
+        killed in between leaves both, holding the same keys: the next store finishes
+        the rename. Both holding different keys is refused (one would be lost).
+        """
+        legacy = self.legacy_path
+        with self._lock:
+            if not self._exists(legacy):
+                return
+            entries = _parse_json(legacy)
+            created = not self._exists(self.path) and self._create(list(entries.values()))
+            if not created and self._read_all() != entries:
+                raise KeyFileError(
+                    f"both {self.path} and {legacy} exist and hold different keys: the "
+                    f"database is the store; {legacy} was written since the migration "
+                    "(by an older version?). Check it for keys or revocations missing "
+                    "from `keys list`, then remove it"
+                )
+            # FileNotFoundError: another process finished the same migration
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(legacy, legacy.with_name(legacy.name + MIGRATED_SUFFIX))
+            if created:
+                self.migrated = (
+                    f"migrated {len(entries)} key(s) from {legacy} to {self.path} "
+                    f"(the old file is kept as {legacy.name}{MIGRATED_SUFFIX})"
+                )
 
     # -- public API -----------------------------------------------------------
 
@@ -361,35 +447,31 @@ class KeyStore:
             raise MetaMorphosisError(
                 f"ttl={ttl!r} must be a number of seconds > 0 and <= {MAX_TTL:.0f} (100 years)"
             )
-        with self._lock:
-            self._refresh(force=True)  # build on the latest file, not a stale cache
-            key_id = secrets.token_hex(_KEY_ID_BYTES)
-            while key_id in self._entries:  # pragma: no cover - 48 random bits
-                key_id = secrets.token_hex(_KEY_ID_BYTES)
-            token = secrets.token_urlsafe(_TOKEN_BYTES)
-            now = float(self._clock())
+        token = secrets.token_urlsafe(_TOKEN_BYTES)
+        now = float(self._clock())
+        while True:
             record = KeyRecord(
-                key_id=key_id,
+                key_id=secrets.token_hex(_KEY_ID_BYTES),
                 task=task,
                 created_at=now,
                 expires_at=None if ttl is None else now + float(ttl),
             )
-            entries = dict(self._entries)
-            entries[key_id] = _Entry(record, _hash_token(token))
-            self._write(entries)
-        return IssuedKey(record=record, secret=f"{SECRET_PREFIX}{key_id}_{token}")
+            entry = _Entry(record, _hash_token(token))
+            sql = f"INSERT INTO keys VALUES ({', '.join('?' * len(_FIELDS))})"
+            try:
+                self._write(sql, _row(entry))
+                break
+            except sqlite3.IntegrityError:  # pragma: no cover - 48 random bits collided
+                continue
+        return IssuedKey(record=record, secret=f"{SECRET_PREFIX}{record.key_id}_{token}")
 
     def list(self) -> builtins.list[KeyRecord]:
         """Every key (active, expired and revoked), oldest first."""
-        with self._lock:
-            self._refresh()
-            return sorted((e.record for e in self._entries.values()), key=lambda r: r.created_at)
+        return [entry.record for entry in self._read_all().values()]
 
     def get(self, key_id: str) -> KeyRecord:
         """The record of ``key_id``; :class:`KeyNotFound` when there is none."""
-        with self._lock:
-            self._refresh()
-            entry = self._entries.get(key_id)
+        entry = self._read(key_id)
         if entry is None:
             raise KeyNotFound(f"no key with id {key_id!r} in {self.path}")
         return entry.record
@@ -400,24 +482,14 @@ class KeyStore:
         Raises:
             KeyNotFound: No key has this id.
         """
-        with self._lock:
-            self._refresh(force=True)
-            entry = self._entries.get(key_id)
-            if entry is None:
-                raise KeyNotFound(f"no key with id {key_id!r} in {self.path}")
-            if entry.record.revoked_at is not None:
-                return entry.record
-            record = KeyRecord(
-                key_id=entry.record.key_id,
-                task=entry.record.task,
-                created_at=entry.record.created_at,
-                expires_at=entry.record.expires_at,
-                revoked_at=float(self._clock()),
-            )
-            entries = dict(self._entries)
-            entries[key_id] = _Entry(record, entry.sha256)
-            self._write(entries)
-            return record
+        if self._read(key_id) is None:
+            raise KeyNotFound(f"no key with id {key_id!r} in {self.path}")
+        # conditional: of two concurrent revocations the first time stays
+        self._write(
+            "UPDATE keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+            (float(self._clock()), key_id),
+        )
+        return self.get(key_id)
 
     def authenticate(self, secret: str | None) -> KeyRecord:
         """The active record for ``secret``; the caller still checks ``record.task``.
@@ -433,9 +505,7 @@ class KeyStore:
         if match is None:
             raise AuthError("malformed")
         key_id, token = match.groups()
-        with self._lock:
-            self._refresh()
-            entry = self._entries.get(key_id)
+        entry = self._read(key_id)
         digest = _hash_token(token)
         # Constant-time compare, and the same work when the id is unknown, so that
         # timing reveals neither the stored hash nor which ids exist.
@@ -447,3 +517,47 @@ class KeyStore:
         if status != "active":
             raise AuthError(status, key_id)
         return entry.record
+
+
+def _row(entry: _Entry) -> tuple[Any, ...]:
+    record = entry.record
+    return (
+        record.key_id,
+        record.task,
+        entry.sha256,
+        record.created_at,
+        record.expires_at,
+        record.revoked_at,
+    )
+
+
+def _parse_json(path: Path) -> dict[str, _Entry]:
+    """The keys of a ``keys.json`` (format version 1), every record checked."""
+    where = f"key file {path}"
+    try:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            raise KeyFileError(f"{where} is over {_MAX_FILE_BYTES} bytes")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {where}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise KeyFileError(f"{where} is not UTF-8 text") from exc
+    if not text.strip():
+        expected = f'{{"version": {FILE_VERSION}, "keys": [...]}}'
+        raise KeyFileError(f"{where} is empty: expected {expected}")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise KeyFileError(f"{where} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("version") != FILE_VERSION:
+        raise KeyFileError(f'{where} must be an object with "version": {FILE_VERSION}')
+    keys = data.get("keys")
+    if not isinstance(keys, list):
+        raise KeyFileError(f'{where} must have a "keys" list')
+    entries: dict[str, _Entry] = {}
+    for i, item in enumerate(keys):
+        entry = _parse_record(f"{where}: keys[{i}]", item)
+        if entry.record.key_id in entries:
+            raise KeyFileError(f"{where}: keys[{i}] repeats key_id {entry.record.key_id!r}")
+        entries[entry.record.key_id] = entry
+    return entries

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from ..config import config_from_dict
 from ..data import ImageTransform, build_datasets
 from ..errors import ConfigError
 from ..rundir import load_producer, read_run_json
-from .keys import KeyStore
+from .keys import KEYS_DATABASE, KeyStore
 from .listen import check_port, check_positive, check_tls, listen_socket, uvicorn_server
 from .service import (
     VIDEO_SUFFIXES,
@@ -41,7 +42,7 @@ __all__ = [
     "serve_forever",
 ]
 
-KEYS_FILE = "keys.json"
+KEYS_FILE = KEYS_DATABASE  # keys.sqlite (a keys.json beside it is migrated)
 SPLITS = ("train", "val", "test")
 
 
@@ -52,10 +53,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def key_store(run_dir: str | Path) -> KeyStore:
-    """The run's consumer keys (``RUN_DIR/keys.json``, CONTRACT: run dir)."""
+def key_store(run_dir: str | Path, notify: Callable[[str], object] | None = None) -> KeyStore:
+    """The run's consumer keys (``RUN_DIR/keys.sqlite``, CONTRACT: run dir).
+
+    ``notify`` is told, once, when opening the store migrated the run's ``keys.json``.
+    """
     read_run_json(run_dir)  # a clear error when this is not a run dir
-    return KeyStore(Path(run_dir) / KEYS_FILE)
+    store = KeyStore(Path(run_dir) / KEYS_FILE)
+    if store.migrated and notify is not None:
+        notify(store.migrated)
+    return store
 
 
 def _source(run_dir: Path, source: str, data_root: str | Path | None) -> FeatureSource:
@@ -84,13 +91,15 @@ def build_service(
     source: str = "test",
     data_root: str | Path | None = None,
     max_ids: int = 256,
+    notify: Callable[[str], object] | None = None,
 ) -> ProducerService:
-    """The service for a run dir: its producer, its keys and the chosen inputs."""
+    """The service for a run dir: its producer, its keys and the chosen inputs
+    (``notify``: as for :func:`key_store`)."""
     run_dir = Path(run_dir)
     return ProducerService(
         load_producer(run_dir),
         _source(run_dir, source, data_root),
-        key_store(run_dir),
+        key_store(run_dir, notify),
         max_ids=max_ids,
     )
 
