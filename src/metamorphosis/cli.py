@@ -455,40 +455,81 @@ def serve(
         bool, typer.Option(help="Allow plaintext HTTP on a non-loopback address.")
     ] = False,
     max_concurrency: Annotated[
-        int, typer.Option(help="Requests and open streams in flight; more get 503 (streams: 1013).")
+        int,
+        typer.Option(
+            help="Requests and open streams in flight per worker; more get 503 (streams: 1013)."
+        ),
     ] = 8,
     max_ids: Annotated[int, typer.Option(help="Most items per feature request.")] = 256,
     max_body_bytes: Annotated[
         int, typer.Option(help="Largest request body; larger ones get 413.")
     ] = 64 * 2**20,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes behind the one port (each loads the producer).")
+    ] = 1,
 ) -> None:
     """Publish each task's features of the producer's inputs to that task's key holders."""
     _require_serve_extra()
-    from .serve.app import create_app
-    from .serve.listen import url_of
-    from .serve.server import (
-        build_service,
-        check_limits,
-        check_listen,
-        open_listener,
-        serve_forever,
-    )
+    from .serve.server import build_service, check_limits, check_listen
+    from .serve.workers import check_workers
 
     check_limits(max_concurrency=max_concurrency, max_ids=max_ids, max_body_bytes=max_body_bytes)
+    check_workers(workers)
     if data_root is not None and not data_root.is_dir():
         raise MetaMorphosisError(f"--data-root {data_root} is not a folder")
     tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
     check_listen(host, port, **tls, insecure=insecure, metrics_port=metrics_port)
+    # Built here even for several workers: a bad run dir, source or key store is one
+    # error before anything starts, and a keys.json is migrated once, not by N workers.
     service = build_service(
         run_dir, source=source, data_root=data_root, max_ids=max_ids, notify=_tell
     )
-    app_ = create_app(service, max_body_bytes=max_body_bytes, max_concurrency=max_concurrency)
+    limits = {"max_body_bytes": max_body_bytes, "max_concurrency": max_concurrency}
+    if workers == 1:
+        _serve_one(service, host, port, metrics_port, tls, limits)
+        return
+    from .serve.server import SPLITS
+    from .serve.workers import WorkerSettings
+
+    tasks = list(service.tasks)
+    del service  # each worker builds its own
+    settings = WorkerSettings(
+        run_dir=str(run_dir.resolve()),
+        source=source if source in SPLITS else str(Path(source).resolve()),
+        data_root=None if data_root is None else str(data_root.resolve()),
+        max_ids=max_ids,
+        **limits,
+    )
+    _serve_workers(settings, workers, tasks, host, port, metrics_port, tls)
+
+
+def _serve_one(service, host: str, port: int, metrics_port, tls: dict, limits: dict) -> None:
+    from .serve.app import create_app
+    from .serve.listen import url_of
+    from .serve.server import open_listener, serve_forever
+
+    app_ = create_app(service, **limits)
     # Bound before announcing: a port in use is an error here, not after "serving".
     registry = app_.state.metrics.registry
     sock = open_listener(host, port, metrics_port=metrics_port, metrics_registry=registry)
-    url = url_of(sock, host, tls=ssl_certfile is not None)
+    url = url_of(sock, host, tls=tls["ssl_certfile"] is not None)
     typer.echo(f"serving {', '.join(service.tasks)} on {url}", err=True)
     serve_forever(app_, sock, **tls)
+
+
+def _serve_workers(
+    settings, workers: int, tasks: list[str], host: str, port: int, metrics_port, tls: dict
+) -> None:
+    from .serve.listen import url_of
+    from .serve.server import open_listener
+    from .serve.workers import metrics_folder, multiprocess_registry, serve_workers
+
+    with metrics_folder() as folder:
+        registry = multiprocess_registry(folder)
+        sock = open_listener(host, port, metrics_port=metrics_port, metrics_registry=registry)
+        url = url_of(sock, host, tls=tls["ssl_certfile"] is not None)
+        typer.echo(f"serving {', '.join(tasks)} on {url} with {workers} workers", err=True)
+        serve_workers(settings, sock, workers, **tls)
 
 
 keys_app = typer.Typer(no_args_is_help=True, help="Consumer keys of a run (one task each).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,26 @@ class Server:
         return self.log_path.read_text()
 
 
+@contextmanager
+def serving(run_dir: Path, *args: str, env: dict[str, str] | None = None):
+    """``metamorphosis serve RUN_DIR --port P ARGS`` in a subprocess, healthy, then stopped:
+    yields its URL, process and log file (a file, not a pipe: a full pipe would stall it)."""
+    port = free_port()
+    command = [sys.executable, "-m", "metamorphosis", "serve", str(run_dir), "--port", str(port)]
+    log_path = run_dir.parent / f"serve-{port}.log"
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            [*command, *args], stdout=log_file, stderr=log_file, text=True, env=env
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until_healthy(url, process, log_path)
+            yield url, process, log_path
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def server(served_run):
     """``serve`` in a subprocess with keys for each task, one expired, one to revoke."""
@@ -51,40 +72,18 @@ def server(served_run):
         "expired": store.issue("shape", ttl=0.01),
         "to_revoke": store.issue("shape"),
     }
-    port, metrics_port = free_port(), free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "metamorphosis",
-        "serve",
-        str(served_run),
-        "--port",
-        str(port),
-        "--metrics-port",
-        str(metrics_port),
-        "--max-body-bytes",
-        "4096",
-        "--max-ids",
-        "16",
-    ]
-    log_path = served_run.parent / f"serve-{port}.log"
-    # a file, not a pipe: a full pipe would stall the server
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=log_file, text=True)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_until_healthy(url, process, log_path)
-            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-            running = Server(url, metrics_url, served_run, process, log_path)
-            running.keys = {name: key.secret for name, key in issued.items()}
-            running.key_ids = {name: key.record.key_id for name, key in issued.items()}
-            yield running
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    metrics_port = free_port()
+    limits = ("--max-body-bytes", "4096", "--max-ids", "16")
+    with serving(served_run, "--metrics-port", str(metrics_port), *limits) as running:
+        url, process, log_path = running
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        server = Server(url, metrics_url, served_run, process, log_path)
+        server.keys = {name: key.secret for name, key in issued.items()}
+        server.key_ids = {name: key.record.key_id for name, key in issued.items()}
+        yield server
 
 
-def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
+def wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> None:
     deadline = time.monotonic() + 90
     while True:
         assert process.poll() is None, log_path.read_text()
@@ -95,3 +94,9 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, log_path: Path) -> 
             pass
         assert time.monotonic() < deadline, "server did not come up in 90 s"
         time.sleep(0.2)
+
+
+@pytest.fixture
+def serve_process():
+    """:func:`serving`, for the test modules (a conftest is not imported by name)."""
+    return serving

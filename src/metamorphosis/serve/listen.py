@@ -10,7 +10,6 @@ deadline on every request's headers.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import math
 import socket
@@ -20,6 +19,7 @@ from typing import Any
 
 from ..config import is_finite_number
 from ..errors import ConfigError
+from .timeouts import HEADER_TIMEOUT
 
 __all__ = [
     "HEADER_TIMEOUT",
@@ -30,11 +30,10 @@ __all__ = [
     "check_tls",
     "listen_socket",
     "url_of",
+    "uvicorn_config",
     "uvicorn_server",
 ]
 
-#: Seconds a client has to send a request's line and headers (uvicorn has no such limit).
-HEADER_TIMEOUT = 10.0
 #: Largest request line + headers: room for ``max_ids`` repeated ``id=`` parameters.
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -154,54 +153,7 @@ def listen_socket(host: str, port: int, *, flag: str = "--port") -> socket.socke
     return sock
 
 
-def _header_deadline_protocol(timeout: float) -> type[asyncio.Protocol]:
-    """uvicorn's h11 protocol, closing a connection whose request headers take over ``timeout``."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class HeaderDeadline(H11Protocol):
-        _deadline: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._watch_headers()  # a client that connects and sends nothing
-
-        def data_received(self, data: bytes) -> None:
-            super().data_received(data)
-            self._watch_headers()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._stop_watch()
-            super().connection_lost(exc)
-
-        def _awaiting_headers(self) -> bool:
-            # uvicorn starts a request's cycle once its line and headers are parsed;
-            # after an upgrade the transport belongs to the WebSocket protocol.
-            idle = self.cycle is None or self.cycle.response_complete
-            mine = self.transport.get_protocol() is self
-            return idle and mine and not self.transport.is_closing()
-
-        def _watch_headers(self) -> None:
-            # Between requests uvicorn's keep-alive timeout closes idle connections;
-            # the deadline starts with a connection or with the next request's bytes.
-            if not self._awaiting_headers():
-                self._stop_watch()
-            elif self._deadline is None:
-                self._deadline = self.loop.call_later(timeout, self._headers_too_slow)
-
-        def _stop_watch(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _headers_too_slow(self) -> None:
-            self._deadline = None
-            if self._awaiting_headers():
-                self.transport.close()
-
-    return HeaderDeadline
-
-
-def uvicorn_server(
+def uvicorn_config(
     app: Any,
     *,
     host: str,
@@ -209,24 +161,38 @@ def uvicorn_server(
     ssl_certfile: str | None = None,
     ssl_keyfile: str | None = None,
     header_timeout: float = HEADER_TIMEOUT,
+    **options: Any,
 ) -> Any:
-    """A ``uvicorn.Server`` for ``app``, to ``run(sockets=[listen_socket(...)])``.
+    """A ``uvicorn.Config`` for ``app`` (an ASGI app, or an import string with
+    ``factory=True, workers=N`` in ``options``).
 
     h11 (not httptools) so that the header deadline applies; uvicorn's own
     access log is off, the app's is structured and carries no query strings.
     """
     import uvicorn
 
-    config = uvicorn.Config(
+    from .deadline import PROTOCOL_PATH, with_timeout
+
+    # by import path when it is the default: a config for workers must pickle
+    http = PROTOCOL_PATH if header_timeout == HEADER_TIMEOUT else with_timeout(header_timeout)
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
-        http=_header_deadline_protocol(header_timeout),
+        http=http,
         h11_max_incomplete_event_size=MAX_HEADER_BYTES,
         timeout_keep_alive=5,
         access_log=False,
         log_level="warning",
+        **options,
     )
-    return uvicorn.Server(config)
+
+
+def uvicorn_server(app: Any, **kwargs: Any) -> Any:
+    """A ``uvicorn.Server`` for ``app``, to ``run(sockets=[listen_socket(...)])``
+    (``kwargs``: as for :func:`uvicorn_config`)."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn_config(app, **kwargs))

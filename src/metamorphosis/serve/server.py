@@ -32,6 +32,7 @@ from .service import (
 __all__ = [
     "KEYS_FILE",
     "SPLITS",
+    "access_log_to_stderr",
     "build_service",
     "check_bind",
     "check_limits",
@@ -183,7 +184,7 @@ def _start_metrics(host: str, port: int, registry: Any) -> None:
         raise ConfigError(f"--metrics-port {port}: {exc.strerror or exc}") from exc
 
 
-def _access_log_to_stderr() -> None:
+def access_log_to_stderr() -> None:
     """The access log's lines on stderr, each once."""
     from .app import ACCESS_LOG
 
@@ -207,7 +208,7 @@ def serve_forever(
 ) -> None:
     """Run ``app`` with uvicorn on the socket of :func:`open_listener` until interrupted."""
     host, port = sock.getsockname()[:2]
-    _access_log_to_stderr()
+    access_log_to_stderr()
     server = uvicorn_server(
         app, host=host, port=port, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile
     )
