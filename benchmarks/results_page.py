@@ -506,7 +506,14 @@ def page() -> str:
     ]
     lines += celeba() + statefarm() + paper_tables() + demo() + frontier() + producer_costs()
     # benchmark outputs, kept verbatim with their commands
-    for name in ("step_cost.md", "serve_bench.md", "serve_load.md", "remote_vs_local.md"):
+    names = (
+        "step_cost.md",
+        "pack_bench.md",
+        "serve_bench.md",
+        "serve_load.md",
+        "remote_vs_local.md",
+    )
+    for name in names:
         kept = RESULTS / name
         if kept.is_file():
             lines += [kept.read_text().rstrip(), ""]

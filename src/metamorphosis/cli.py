@@ -430,6 +430,37 @@ def _require_serve_extra() -> None:
         )
 
 
+@app.command()
+def pack(
+    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (must not exist).")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a key: section.key=value (repeatable)."),
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Dataset folder, overriding data.root.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Decode and resize a config's dataset once into memory-mapped arrays
+    (then `data: {name: packed, root: OUT}` reads it)."""
+    from .config import load_config
+    from .data.packed import pack_dataset
+
+    config = load_config(config_path, set_ or [])
+    folder = pack_dataset(
+        config.data,
+        config.all_labels,
+        out,
+        seed=config.train.seed,
+        root=data_root,
+        progress=not quiet,
+    )
+    typer.echo(f"packed {config.data.name} into {folder}")
+    typer.echo(f"read it with: --set data.name=packed --set data.root={folder}")
+
+
 def _tell(message: str) -> None:
     """A one-line notice on stderr (stdout stays for what scripts read)."""
     typer.echo(message, err=True)

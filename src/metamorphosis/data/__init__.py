@@ -6,13 +6,14 @@ train / val / test splits; every item is ``(image, labels)`` with a float32
 :mod:`metamorphosis.data.base` for the tensor of each label kind).
 
 Registered datasets: ``synthetic`` (embedded default, no files), ``celeba``,
-``statefarm``, ``camvid``, ``nyuv2``, ``cityscapes`` and ``csv`` (bring your
-own images and a manifest).
+``statefarm``, ``camvid``, ``nyuv2``, ``cityscapes``, ``csv`` (bring your
+own images and a manifest) and ``packed`` (any of them decoded once by
+``metamorphosis pack``, memory-mapped).
 """
 
 from __future__ import annotations
 
-from . import camvid, celeba, csv, npy_sets, statefarm, synthetic  # noqa: F401  (registration)
+from . import camvid, celeba, csv, npy_sets, packed, statefarm, synthetic  # noqa: F401  (registration)
 from .base import IGNORE_INDEX, DatasetSplits, LabelledImageDataset, UnknownItemError
 from .registry import build_datasets, list_datasets, register_dataset
 from .synthetic import Scene, render_scene

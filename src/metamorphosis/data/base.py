@@ -173,6 +173,11 @@ class LabelledImageDataset(Dataset[Item]):
             return self._targets[name].astype(np.int64, copy=True)
         return np.array([int(self._sample(i)[1][name]) for i in range(len(self))], dtype=np.int64)
 
+    def decode(self, index: int) -> Sample:
+        """The resized ``uint8`` image and dense label arrays of one item, decoded now
+        and not cached (what ``metamorphosis pack`` writes)."""
+        return self._decode(self._check_index(index))
+
     def preload(self, *, progress: bool | None = None) -> None:
         """Decode every sample into the cache now (e.g. before forking DataLoader workers).
 
