@@ -509,6 +509,7 @@ def page() -> str:
     names = (
         "step_cost.md",
         "pack_bench.md",
+        "distributed_bench.md",
         "serve_bench.md",
         "serve_load.md",
         "remote_vs_local.md",

@@ -223,6 +223,8 @@ def train(
         record = _train_remote(config, out, data_root, not quiet, listen)
     else:
         record = train_run(config, out, data_root=data_root, progress=not quiet)
+    if not record:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     typer.echo(summary_table(record))
     typer.echo(f"run dir: {out}")
 
@@ -310,9 +312,12 @@ def _train_remote(config, out: Path, data_root, progress: bool, listen: _Listen)
     from .serve.listen import check_tls
     from .serve.server import KEYS_FILE, check_bind
     from .serve.training import TrainingServer
+    from .train.distributed import distributed_world_size
     from .train.methods import resolve_method
     from .train.remote import TrainingHub, check_remote_method
 
+    if distributed_world_size() > 1:
+        raise MetaMorphosisError("--remote trains in one process: start it without torchrun")
     check_remote_method(resolve_method(config))
     check_tls(listen.ssl_certfile, listen.ssl_keyfile)
     check_bind(listen.host, tls=listen.ssl_certfile is not None, insecure=listen.insecure)

@@ -20,6 +20,7 @@ from .errors import ConfigError, RunDirError
 from .privacy.accounting import DPPhase
 from .rundir import HEADS_FILE, PRODUCER_FILE, read_run_json, read_weights, write_run
 from .train.checkpoint import CHECKPOINT_NAME
+from .train.distributed import distributed_world_size, from_environment
 from .train.loop import Trainer
 from .train.methods import PhasePlan, resolve_method
 from .train.remote import TrainingHub
@@ -44,22 +45,41 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``config`` into the run dir ``out`` (resuming a checkpoint there).
 
-    Returns the ``run.json`` record. The checkpoint is removed once the run
+    Returns the ``run.json`` record (``{}`` on ranks other than 0 under torchrun,
+    which write nothing). The checkpoint is removed once the run
     dir is complete: the run dir then holds only the contract's files. With
     ``remote``, the heads of ``remote.tasks`` are trained by consumers in
     other processes (see :mod:`metamorphosis.serve.training`).
     """
     _check_device(config)
-    resolve_method(config)  # the method, its options and rules, before any data is read
+    method = resolve_method(config)  # the method, its options and rules, before any data
+    world_size = distributed_world_size()
+    method.check_distributed(world_size)
+    if world_size > 1 and remote is not None:
+        raise ConfigError("--remote trains in one process: start it without torchrun")
+    distributed = from_environment(config.train.device)  # joins torchrun's process group
     labels = config.all_labels
     data = build_datasets(config.data, labels, seed=config.train.seed, root=data_root)
     config = config.with_label_classes(data.num_classes)
-    trainer = Trainer(config, data, out, progress=progress, remote=remote)
+    trainer = Trainer(
+        config,
+        data,
+        out,
+        progress=progress and distributed.is_main,
+        remote=remote,
+        distributed=distributed,
+    )
     result = trainer.fit()
-    trainer.producer.cpu()  # a run dir is read on the CPU (load_producer contract)
-    trainer.heads.cpu()
-    record = write_run(out, config, trainer.producer, trainer.heads, result, data.transform)
-    (Path(out) / CHECKPOINT_NAME).unlink(missing_ok=True)
+    record: dict[str, Any] = {}
+    if distributed.is_main:  # the run dir is rank 0's alone
+        trainer.producer.cpu()  # a run dir is read on the CPU (load_producer contract)
+        trainer.heads.cpu()
+        extra = {"distributed": distributed.record()}
+        record = write_run(
+            out, config, trainer.producer, trainer.heads, result, data.transform, extra
+        )
+        (Path(out) / CHECKPOINT_NAME).unlink(missing_ok=True)
+    distributed.finish()  # every rank leaves once the run dir is whole
     return record
 
 

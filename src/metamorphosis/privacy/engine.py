@@ -5,7 +5,8 @@ noise multiplier for every DP phase, Poisson-sampled batches, wrapping the
 producer in a ``GradSampleModule`` and its optimiser in a ``DPOptimizer``, and
 ε of the steps taken so far (cached: an accountant call costs up to a second).
 The trainer only asks "a loader for this phase", "wrap this model", "ε now";
-a distributed trainer can swap this class for one built on Opacus' DPDDP.
+under torchrun the same questions get each rank's share of the global batch and
+Opacus' ``DPDDP`` with its ``DistributedDPOptimizer`` (:mod:`..train.distributed`).
 
 Only producer-side parameters go through the engine: heads (consumers) train
 without DP (see the README's privacy section for what ε covers).
@@ -19,14 +20,16 @@ from typing import cast
 
 import torch
 from opacus import GradSampleModule
+from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
 from opacus.grad_sample.gsm_base import AbstractGradSampleModule
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 
 from ..config import PrivacyConfig
+from ..train.distributed import ONE_PROCESS, Distributed, FlatDistributedDPOptimizer, RankShare
 from .accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
 
 __all__ = ["DPEngine", "PlannedPhase"]
@@ -86,6 +89,8 @@ class DPEngine:
         noise_multiplier: the noise to use instead of calibrating it (adding a
             task to a run whose noise is already fixed).
         prior_phases: DP phases already spent on these weights; ε composes them.
+        distributed: the ranks (torchrun); batches are then each rank's share of the
+            global batch, which ``batch_size`` still is.
     """
 
     def __init__(
@@ -98,8 +103,10 @@ class DPEngine:
         steps_per_epoch: int,
         noise_multiplier: float | None = None,
         prior_phases: Sequence[DPPhase] = (),
+        distributed: Distributed = ONE_PROCESS,
     ) -> None:
         self.privacy = privacy
+        self.distributed = distributed
         self.phases = list(phases)
         self.batch_size = batch_size
         self.sample_rate = batch_size / train_size
@@ -130,22 +137,28 @@ class DPEngine:
     def loader(
         self, dataset: Dataset, *, dp: bool, generator: torch.Generator, num_workers: int
     ) -> DataLoader:
-        """Poisson batches in a DP phase (what the accountant assumes); shuffled otherwise."""
+        """Poisson batches in a DP phase (what the accountant assumes); shuffled otherwise.
+        Under torchrun, this rank's share of each global batch."""
+        size = len(cast(Sized, dataset))
         if dp:
             sampler = UniformWithReplacementSampler(
-                num_samples=len(cast(Sized, dataset)),
+                num_samples=size,
                 sample_rate=self.sample_rate,
                 generator=generator,
                 steps=self.steps_per_epoch,
             )
-            return DataLoader(
-                dataset, batch_sampler=_NonEmptyBatches(sampler), num_workers=num_workers
-            )
+            if not self.distributed.active:
+                batches: Sampler[list[int]] = _NonEmptyBatches(sampler)
+            else:
+                batches = RankShare(sampler, self.distributed)
+            return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+        shuffled = RandomSampler(cast(Sized, dataset), generator=generator)
+        if self.distributed.active:
+            every = BatchSampler(shuffled, self.batch_size, drop_last=False)
+            share = RankShare(every, self.distributed)
+            return DataLoader(dataset, batch_sampler=share, num_workers=num_workers)
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=num_workers,
-            sampler=RandomSampler(cast(Sized, dataset), generator=generator),
+            dataset, batch_size=self.batch_size, num_workers=num_workers, sampler=shuffled
         )
 
     # -- models ---------------------------------------------------------------------
@@ -155,6 +168,8 @@ class DPEngine:
         """Per-sample gradients for ``model`` (``privacy.grad_sampler``'s way); clipping and
         noise in ``optimizer``'s step."""
         private_model: AbstractGradSampleModule
+        if self.distributed.active:
+            model = DPDDP(model)  # every rank starts from rank 0's weights
         if self.privacy.grad_sampler == "ew":
             private_model = _ExpandedWeights(model, loss_reduction="mean")
         else:
@@ -162,14 +177,23 @@ class DPEngine:
             private_model = GradSampleModule(
                 model, loss_reduction="mean", force_functorch=functorch
             )
-        private_optimizer = DPOptimizer(
+        settings = {
+            "noise_multiplier": float(self.noise_multiplier or 0.0),
+            "max_grad_norm": self.privacy.max_grad_norm,
+            "loss_reduction": "mean",
+        }
+        if not self.distributed.active:
+            return private_model, DPOptimizer(
+                optimizer, expected_batch_size=self.batch_size, **settings
+            )
+        # Noise once (rank 0), clipped sums all-reduced and averaged over the ranks:
+        # with this expected batch per rank the step is the one-process step.
+        share = self.batch_size / self.distributed.world_size
+        return private_model, FlatDistributedDPOptimizer(
             optimizer,
-            noise_multiplier=float(self.noise_multiplier or 0.0),
-            max_grad_norm=self.privacy.max_grad_norm,
-            expected_batch_size=self.batch_size,
-            loss_reduction="mean",
+            expected_batch_size=share,  # a float: Opacus only divides by it
+            **settings,
         )
-        return private_model, private_optimizer
 
     @staticmethod
     def unwrap(model: nn.Module) -> None:

@@ -53,6 +53,7 @@ from ..models.release import kl_scale, new_secret
 from ..privacy.accounting import DPPhase
 from ..privacy.engine import DPEngine, PlannedPhase
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .distributed import ONE_PROCESS, BatchShare, Distributed, SyncedOptimizer, rank_seed
 from .erasure import finetune_heads, fit_erasers
 from .evaluate import evaluate
 from .methods import MethodContext, PhasePlan, StepInputs, resolve_method
@@ -280,6 +281,8 @@ class Trainer:
             ``privacy.target_epsilon`` for ``phases``.
         prior_dp_phases: DP phases already spent on these weights; ε and the
             run's phase list compose them with this run's.
+        distributed: the ranks under torchrun (see :mod:`.distributed`): each trains
+            on its share of every global batch; rank 0 alone writes.
     """
 
     def __init__(
@@ -293,9 +296,12 @@ class Trainer:
         phases: Sequence[PhasePlan] | None = None,
         noise_multiplier: float | None = None,
         prior_dp_phases: Sequence[DPPhase] = (),
+        distributed: Distributed = ONE_PROCESS,
     ):
         _check_splits(data, config)
         self.config = config
+        self.distributed = distributed
+        self._share = BatchShare()  # this rank's part of the current global batch
         self.remote = remote
         self.data = data
         self.run_dir = Path(run_dir)
@@ -341,6 +347,7 @@ class Trainer:
             )
             for spec in config.all_labels
         }
+        self._synchronise_optimizers()
         self.consumers: dict[str, ConsumerLike] = dict(self.local_consumers)
         if remote is not None:
             check_remote_method(self.method)
@@ -359,7 +366,21 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch,
             noise_multiplier=noise_multiplier,
             prior_phases=prior_dp_phases,
+            distributed=distributed,
         )
+
+    def _synchronise_optimizers(self) -> None:
+        """Under torchrun, every optimiser outside DP-SGD all-reduces before it steps."""
+        if not self.distributed.active:
+            return
+        for consumer in self.local_consumers.values():
+            consumer.optimizer = self._synced(consumer.optimizer)
+        optimizers = self.method_state.optimizers
+        for name, optimizer in optimizers.items():
+            optimizers[name] = self._synced(optimizer)
+
+    def _synced(self, optimizer: Any) -> Any:
+        return SyncedOptimizer(optimizer, self._share) if self.distributed.active else optimizer
 
     @property
     def steps_per_epoch(self) -> int:
@@ -396,7 +417,7 @@ class Trainer:
         optimizer = make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
         if phase.dp:
             return self.privacy.wrap(self.producer, optimizer)
-        return self.producer, optimizer
+        return self.producer, self._synced(optimizer)
 
     def _train_epoch(self, phase: PhasePlan, model, optimizer, loader, log, epoch: int) -> dict:
         bar = tqdm(
@@ -479,6 +500,7 @@ class Trainer:
             "config": json.dumps(config_to_dict(self.config), sort_keys=True),
             "noise_multiplier": self.privacy.noise_multiplier,
             "release_secret": self.producer.secret.hex() if self.producer.secret else "",
+            "world_size": self.distributed.world_size,
             "erased": json.dumps(self.erased),
         }
 
@@ -492,6 +514,13 @@ class Trainer:
             raise CheckpointError(
                 f"{path} was written for another config; use a new --out directory "
                 "or delete the checkpoint to start over"
+            )
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.distributed.world_size:
+            raise CheckpointError(
+                f"{path} was written by a run of {saved_world} process(es); resume it with "
+                f"the same number (torchrun --nproc-per-node), not "
+                f"{self.distributed.world_size}, or delete the checkpoint to start over"
             )
         _restore(path, "producer", self.producer.load_state_dict, state["producer"])
         _restore(path, "heads", self.heads.load_state_dict, state["heads"])
@@ -508,22 +537,28 @@ class Trainer:
         if state.get("release_secret"):
             self.producer.secret = bytes.fromhex(state["release_secret"])
         self.erased = json.loads(state.get("erased", "{}"))
-        _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
+        if self.distributed.is_main:
+            _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
         return state
 
     # -- the run ------------------------------------------------------------------
     def fit(self) -> TrainResult:
         """Run (or resume) every phase, then evaluate on the test split."""
         started = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.run_dir, ATOMIC_RUN_FILES)
+        main = self.distributed.is_main  # the one rank that writes
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.run_dir, ATOMIC_RUN_FILES)
         log_path = self.run_dir / METRICS_NAME
 
         def log(record: dict[str, Any]) -> None:
+            if not main:
+                return
             with open(log_path, "a") as handle:
                 # strict JSON: a diverged loss is logged as null, never as NaN
                 handle.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
+        self.distributed.barrier()  # rank 0 has cleaned up before anyone reads the checkpoint
         state = self._resume()
         steps_done = state["steps_done"] if state else [0] * len(self.phases)
         start_phase = state["phase"] if state else 0
@@ -545,6 +580,9 @@ class Trainer:
                 epoch_seed = self.config.train.seed * 1_000_003 + index * 1009 + epoch
                 loader = self._loader(self.data.train, dp=phase.dp, epoch_seed=epoch_seed)
                 self.producer.kl_scale = kl_scale(self.config.defence.beta_warmup, epoch)
+                if self.distributed.active:  # the ranks' in-step noise, fixed per epoch
+                    seed = rank_seed(self.config.train.seed, self.distributed.rank, index, epoch)
+                    torch.manual_seed(seed)
                 t0 = time.perf_counter()
                 train_losses = self._train_epoch(phase, model, optimizer, loader, log, epoch)
                 if phase.dp:
@@ -564,16 +602,17 @@ class Trainer:
                 done_phase, done_epoch = (index, epoch + 1)
                 if done_epoch == phase.epochs:
                     done_phase, done_epoch = index + 1, 0
-                save_checkpoint(
-                    self.run_dir / CHECKPOINT_NAME,
-                    self._checkpoint_state(
-                        done_phase,
-                        done_epoch,
-                        steps_done,
-                        optimizer if done_phase == index else None,
-                        log_path.stat().st_size if log_path.exists() else 0,
-                    ),
-                )
+                if main:
+                    save_checkpoint(
+                        self.run_dir / CHECKPOINT_NAME,
+                        self._checkpoint_state(
+                            done_phase,
+                            done_epoch,
+                            steps_done,
+                            optimizer if done_phase == index else None,
+                            log_path.stat().st_size if log_path.exists() else 0,
+                        ),
+                    )
             self.privacy.unwrap(model)  # hooks and grad_sample attributes off the producer
             freeze(self.producer, False)
         if self.config.defence.erase == "linear" and not self.erased:
@@ -620,12 +659,15 @@ class Trainer:
                 "seconds": round(time.perf_counter() - t0, 3),
             }
         )
-        size = log_path.stat().st_size if log_path.exists() else 0
-        state = self._checkpoint_state(len(self.phases), 0, steps_done, None, size)
-        save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+        if self.distributed.is_main:
+            size = log_path.stat().st_size if log_path.exists() else 0
+            state = self._checkpoint_state(len(self.phases), 0, steps_done, None, size)
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
 
     def _on_batch(self, index: Tensor) -> None:
-        """Before a batch's consumer steps: remote consumers look their labels up by id."""
+        """Before a batch's steps: this rank's share of the global batch (torchrun), and
+        the item ids by which remote consumers look their labels up."""
+        self._share.current = self.distributed.local_share(len(index))
         if self.remote is not None:
             item_ids = self.data.train.item_ids  # type: ignore[attr-defined]
             self.remote.current_ids = [item_ids[i] for i in index.tolist()]

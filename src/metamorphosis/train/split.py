@@ -38,8 +38,12 @@ ExtraTerms = Callable[[Mapping[str, Tensor]], Mapping[str, Tensor]]
 
 
 def unwrapped(model: nn.Module) -> nn.Module:
-    """The producer inside an Opacus wrapper (the model itself when not wrapped)."""
-    return getattr(model, "_module", model)
+    """The producer inside its Opacus wrappers (``GradSampleModule``'s ``_module``,
+    ``DPDDP``'s ``module`` under torchrun); the model itself when not wrapped."""
+    from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+    model = getattr(model, "_module", model)
+    return model.module if isinstance(model, DPDDP) else model
 
 
 def _bottleneck_kl(producer: nn.Module, names: Sequence[str]) -> Tensor | None:

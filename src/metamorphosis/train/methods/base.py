@@ -123,6 +123,8 @@ class Method:
         per_sample: every producer loss of a step is a mean of per-sample losses
             under weights fixed before the step, so DP-SGD may train it.
         not_per_sample_because: why not, when ``per_sample`` is False.
+        distributed: its steps may run on several ranks under torchrun, each on its
+            share of the batch (every loss a mean of per-sample terms).
     """
 
     name: ClassVar[str]
@@ -131,6 +133,7 @@ class Method:
     add_task: ClassVar[bool] = False
     per_sample: ClassVar[bool] = True
     not_per_sample_because: ClassVar[str] = ""
+    distributed: ClassVar[bool] = True
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -177,6 +180,15 @@ class Method:
                 f"method={self.name!r} cannot train with DP-SGD (phase {dp[0]!r}, "
                 f"privacy.mode={self.config.privacy.mode!r}): {self.not_per_sample_because}; "
                 "set privacy.mode=none"
+            )
+
+    def check_distributed(self, world_size: int) -> None:
+        """A method with batch-dependent losses cannot split a batch over ranks."""
+        if world_size > 1 and not (self.distributed and self.per_sample):
+            reason = self.not_per_sample_because or "its steps need the whole batch"
+            raise ConfigError(
+                f"method={self.name!r} cannot train on {world_size} processes (torchrun): "
+                f"{reason}; run it as one process"
             )
 
     def require_one_shared_map(self) -> None:
