@@ -184,18 +184,23 @@ def demo(
     typer.echo(f"run dir: {out}")
 
 
+# Options that train and pack share (typer reads them from the annotations).
+ConfigArgument = Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key: section.key=value (repeatable)."),
+]
+DataRootOption = Annotated[Path | None, typer.Option(help="Dataset folder, overriding data.root.")]
+QuietOption = Annotated[bool, typer.Option(help="No progress bars.")]
+
+
 @app.command()
 def train(
-    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config.")],
+    config_path: ConfigArgument,
     out: Annotated[Path, typer.Option(help="Run dir to write (resumes its checkpoint).")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a key: section.key=value (repeatable)."),
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Dataset folder, overriding data.root.")
-    ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    set_: SetOption = None,
+    data_root: DataRootOption = None,
+    quiet: QuietOption = False,
     remote: Annotated[
         bool, typer.Option(help="Public tasks' consumers train over HTTP (`consume --train`).")
     ] = False,
@@ -437,16 +442,11 @@ def _require_serve_extra() -> None:
 
 @app.command()
 def pack(
-    config_path: Annotated[Path, typer.Argument(metavar="CONFIG", help="YAML config.")],
+    config_path: ConfigArgument,
     out: Annotated[Path, typer.Option(help="Folder to write (must not exist).")],
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Override a key: section.key=value (repeatable)."),
-    ] = None,
-    data_root: Annotated[
-        Path | None, typer.Option(help="Dataset folder, overriding data.root.")
-    ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    set_: SetOption = None,
+    data_root: DataRootOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Decode and resize a config's dataset once into memory-mapped arrays
     (then `data: {name: packed, root: OUT}` reads it)."""

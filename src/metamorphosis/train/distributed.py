@@ -25,8 +25,9 @@ group (``gloo`` on CPU, ``nccl`` on CUDA). What each rank does:
   rank applies the one-process step and the copies stay identical.
 * **Randomness inside a step** (the variational code's samples) comes from a seed
   derived from ``train.seed``, the rank, the phase and the epoch.
-* **Writes**: rank 0 alone writes ``metrics.jsonl``, checkpoints and the run dir.
-  Every rank evaluates the full validation and test splits (identical results).
+* **Writes**: rank 0 alone writes ``metrics.jsonl``, checkpoints and the run dir
+  (the training losses it logs are those of its own share of each batch). Every rank
+  evaluates the full validation and test splits (identical results).
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ class Distributed:
         """This rank's items over the global batch's (one all-reduce; 1 for one process)."""
         if not self.active:
             return 1.0
-        total = torch.tensor([float(local)])
+        # nccl reduces CUDA tensors only
+        device = "cuda" if self.backend == "nccl" else "cpu"
+        total = torch.tensor([float(local)], device=device)
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return local / float(total.item())
 
