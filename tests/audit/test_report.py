@@ -39,7 +39,7 @@ def test_report_json_holds_every_measurement(tiny_audit):
         ("large", "shape"),
         ("large", "background"),
     ]
-    assert tiny_audit["version"] == 2
+    assert tiny_audit["version"] == 3
     assert set(tiny_audit["reconstruction"]["scores"]) == {"encoder", "shape", "large"}
     assert tiny_audit["budget"]["name"] == "quick"
     assert tiny_audit["data"]["test_items"] == 12  # the tiny config's whole test split
@@ -322,3 +322,11 @@ def test_dense_tasks_are_audited_with_their_own_metrics(tmp_path):
     assert depth["best"]["value"] == min(depth["attackers"].values())
     assert report["tsne"]["color_label"] is None
     assert "seg" in (tmp_path / "run" / "audit" / "report.md").read_text()
+
+
+def test_report_has_the_fisher_bound_entry_of_every_public_task(tiny_audit):
+    dfil = tiny_audit["dfil"]
+    assert set(dfil) == set(tiny_audit["run"]["tasks"])
+    for task, entry in dfil.items():  # no release noise here: no bound, said so
+        assert entry is None, task
+    assert tiny_audit["dfil_cost"]["seconds"] >= 0

@@ -8,6 +8,7 @@ same list for findings and sections. A new attack is one file in
 from __future__ import annotations
 
 from .attacks.base import Attack
+from .attacks.fisher_bound import FisherBound
 from .attacks.kept_heads import KeptHeads
 from .attacks.leakage import Leakage
 from .attacks.reconstruction import Reconstruction
@@ -18,5 +19,13 @@ __all__ = ["default_measurements"]
 
 
 def default_measurements() -> list[Attack]:
-    """Kept heads first: the leakage attack compares its best attacker with them."""
-    return [KeptHeads(), Leakage(), Reconstruction(), TsneComparison(), ProducerCost()]
+    """Kept heads first: the leakage attack compares its best attacker with them; the
+    Fisher bound after the reconstruction attack, whose PSNR it is shown beside."""
+    return [
+        KeptHeads(),
+        Leakage(),
+        Reconstruction(),
+        FisherBound(),  # beside the decoder's PSNR
+        TsneComparison(),
+        ProducerCost(),
+    ]

@@ -40,10 +40,11 @@ from .sweeps import check_points, check_sweeps, run_sweeps
 __all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit"]
 
 AUDIT_DIR = "audit"
-REPORT_VERSION = 2
-"""2: adds ``leakage`` (the best attacker per source and label), attackers with restarts and
-early stopping; ``assumptions`` keyed by attack and attacker name; ``leakage.png`` replaces
-``attribute_inference.png``."""
+REPORT_VERSION = 3
+"""3: adds ``dfil`` (the Fisher-information bound per public task), ``dfil_total`` and
+``dfil_cost``. 2: adds ``leakage`` (the best attacker per source and label), attackers
+with restarts and early stopping; ``assumptions`` keyed by attack and attacker name;
+``leakage.png`` replaces ``attribute_inference.png``."""
 
 Log = Callable[[str], None]
 

@@ -27,7 +27,7 @@ from ..errors import MetaMorphosisError
 from ..train.remote import StaleStep
 from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, CodecError, check_choice
 from .keys import AuthError, KeyFileError
-from .service import Forbidden, ProducerService, RequestError, UnreadableItem
+from .service import Forbidden, NoPrivacyRecord, ProducerService, RequestError, UnreadableItem
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -87,7 +87,7 @@ def _error_response(exc: Exception) -> JSONResponse | None:
         )
     if isinstance(exc, Forbidden):
         return JSONResponse({"error": "forbidden"}, status_code=403)
-    if isinstance(exc, UnknownItemError):
+    if isinstance(exc, (UnknownItemError, NoPrivacyRecord)):
         return JSONResponse({"error": "not found", "detail": str(exc)}, status_code=404)
     if isinstance(exc, (RequestError, CodecError)):
         return JSONResponse({"error": "invalid request", "detail": str(exc)}, status_code=422)
@@ -276,6 +276,7 @@ def base_app(
         AuthError,
         Forbidden,
         UnknownItemError,
+        NoPrivacyRecord,
         RequestError,
         CodecError,
         KeyFileError,
@@ -315,6 +316,14 @@ def create_app(
     def schema(request: Request, task: str, authorization: str | None = Header(None)):
         request.state.key_id = service.authorize(authorization, task).key_id
         return service.schema(task)
+
+    @app.get("/v1/tasks/{task}/privacy")
+    def privacy(
+        request: Request, task: str, authorization: str | None = Header(None)
+    ) -> dict[str, Any]:
+        """What the run's epsilon and this task's released features are protected by."""
+        request.state.key_id = service.authorize(authorization, task).key_id
+        return service.privacy(task)
 
     @app.get("/v1/tasks/{task}/items")
     def items(
@@ -421,7 +430,7 @@ def _batch_size(text: str) -> int:
         raise RequestError(f"batch_size must be an integer, got {text[:20]!r}") from None
 
 
-_TASK_ROUTES = ("schema", "items", "features", "stream")
+_TASK_ROUTES = ("schema", "privacy", "items", "features", "stream")
 
 
 def _route_of(request: Request) -> str:

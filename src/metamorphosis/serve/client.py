@@ -3,6 +3,7 @@
     from metamorphosis.serve.client import ConsumerClient
     with ConsumerClient("http://127.0.0.1:8000", task="smile", key=secret) as client:
         ids = client.items(limit=32)["ids"]
+        scope = client.privacy()["scope"]             # what epsilon and the release cover
         features, ids = client.features(ids)          # N×C×H×W float32
         for features, ids in client.iter_features(batch_size=64):
             ...
@@ -93,6 +94,11 @@ class ConsumerClient:
 
     def schema(self) -> dict[str, Any]:
         return self._get_json(f"/v1/tasks/{self.task}/schema")
+
+    def privacy(self) -> dict[str, Any]:
+        """The task's privacy record: ``epsilon``, ``delta``, ``private_heads``, ``scope``
+        (what they cover, in words), the release noise ``sigma`` and its ``dfil`` bound."""
+        return self._get_json(f"/v1/tasks/{self.task}/privacy")
 
     def items(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         return self._get_json(
@@ -251,6 +257,10 @@ class AsyncConsumerClient:
 
     async def schema(self) -> dict[str, Any]:
         return (await self._get(f"/v1/tasks/{self.task}/schema")).json()
+
+    async def privacy(self) -> dict[str, Any]:
+        """As :meth:`ConsumerClient.privacy`."""
+        return (await self._get(f"/v1/tasks/{self.task}/privacy")).json()
 
     async def items(self, offset: int = 0, limit: int = 100) -> dict[str, Any]:
         params = {"offset": offset, "limit": limit}

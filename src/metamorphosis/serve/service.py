@@ -8,13 +8,17 @@ are testable without a server:
   cannot be probed;
 * the producer holds the inputs (a dataset split or an image folder) and
   consumers name items by id; they never upload images;
-* features leave only as safetensors bodies (:mod:`.codec`).
+* features leave only as safetensors bodies (:mod:`.codec`);
+* what each task's privacy numbers cover (``run.json``'s ``privacy`` and
+  ``release``) is read once, when the service is built.
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,8 +28,11 @@ from torch import Tensor
 
 from ..data import ImageTransform, UnknownItemError
 from ..data.base import decode_image
-from ..errors import DataError, MetaMorphosisError
+from ..errors import DataError, MetaMorphosisError, RunDirError
+from ..io import json_safe
 from ..models.producer import Producer
+from ..privacy.scope import privacy_scope
+from ..rundir import RUN_JSON, read_run_json
 from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, encode_tensors
 from .keys import KeyRecord, KeyStore, parse_bearer
 
@@ -34,6 +41,7 @@ __all__ = [
     "FeatureSource",
     "FolderSource",
     "Forbidden",
+    "NoPrivacyRecord",
     "ProducerService",
     "RequestError",
     "UnreadableItem",
@@ -48,6 +56,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 class Forbidden(MetaMorphosisError):
     """A valid key asked for a task it is not bound to (or for no such task)."""
+
+
+class NoPrivacyRecord(MetaMorphosisError):
+    """The service was built without a run record, so it has no privacy numbers (404)."""
 
 
 class RequestError(MetaMorphosisError):
@@ -220,10 +232,19 @@ class ProducerService:
         source: the producer's inputs.
         keys: the run's consumer key store.
         max_ids: most items per feature request (bounds memory and latency).
+        run_record: the run's ``run.json`` (for :meth:`privacy`); by default read,
+            once, from the run dir that holds ``keys`` (``RUN_DIR/keys.sqlite``),
+            when there is one there.
     """
 
     def __init__(
-        self, producer: Producer, source: FeatureSource, keys: KeyStore, *, max_ids: int = 256
+        self,
+        producer: Producer,
+        source: FeatureSource,
+        keys: KeyStore,
+        *,
+        max_ids: int = 256,
+        run_record: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(max_ids, bool) or not isinstance(max_ids, int) or max_ids < 1:
             raise MetaMorphosisError(f"max_ids={max_ids!r} must be an integer >= 1")
@@ -235,6 +256,9 @@ class ProducerService:
         with torch.no_grad():
             probe = self.producer(torch.zeros(1, *producer.input_shape))
         self.feature_shapes = {task: list(f.shape[1:]) for task, f in probe.items()}
+        if run_record is None and (keys.path.parent / RUN_JSON).is_file():
+            run_record = read_run_json(keys.path.parent)
+        self._privacy = None if run_record is None else _privacy_answers(run_record, self.tasks)
 
     @property
     def tasks(self) -> list[str]:
@@ -261,6 +285,17 @@ class ProducerService:
             "max_ids": self.max_ids,
             "items": len(self._ids),
         }
+
+    def privacy(self, task: str) -> dict[str, Any]:
+        """What ``task``'s released features and the run's ε cover (CONTRACT: producer service).
+
+        Raises:
+            NoPrivacyRecord: the service was built without a run record.
+        """
+        if self._privacy is None:
+            raise NoPrivacyRecord("this service has no run record: no privacy numbers")
+        answer = self._privacy[task]
+        return {**answer, "dfil": copy.deepcopy(answer["dfil"])}
 
     def item_ids(self, offset: int, limit: int) -> dict[str, Any]:
         if offset < 0 or not 1 <= limit <= 10_000:
@@ -289,3 +324,55 @@ class ProducerService:
             compression=compression,
             metadata={"ids": json.dumps(list(ids)), "task": task},
         )
+
+
+def _release_entry(record: Mapping[str, Any], task: str) -> Mapping[str, Any]:
+    release = record.get("release")
+    entry = release.get(task) if isinstance(release, Mapping) else None
+    return entry if isinstance(entry, Mapping) else {}
+
+
+def _sigma(record: Mapping[str, Any], task: str) -> float:
+    """``release[task].sigma``; 0.0 (no noise) when the run records no release for ``task``."""
+    value = _release_entry(record, task).get("sigma", 0.0)
+    try:
+        sigma = float(value if value is not None else 0.0)
+    except (TypeError, ValueError):
+        sigma = math.nan
+    if not (math.isfinite(sigma) and sigma >= 0) or isinstance(value, bool):
+        raise RunDirError(f"{RUN_JSON}: release.{task}.sigma={value!r} is invalid: expected >= 0")
+    return sigma
+
+
+def _privacy_answers(record: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The privacy route's answer per task, from ``run.json``.
+
+    Older run dirs lack ``privacy.scope``, ``privacy.private_heads`` and
+    ``release[task].dfil``: the scope is then built from the run's facts
+    (:func:`~..privacy.scope.privacy_scope`) and ``dfil`` is null.
+    """
+    privacy = record["privacy"]
+    epsilon = privacy.get("epsilon")
+    private_heads = bool(privacy.get("private_heads", False))
+    public = record.get("tasks", tasks)
+    sigmas = {task: _sigma(record, task) for task in {*public, *tasks}}
+    scope = privacy.get("scope") or privacy_scope(
+        dp=epsilon is not None,
+        private_heads=private_heads,
+        noisy_release=all(sigmas[task] > 0 for task in public),
+    )
+    answers = {}
+    for task in tasks:
+        dfil = _release_entry(record, task).get("dfil")
+        answers[task] = json_safe(
+            {
+                "task": task,
+                "epsilon": epsilon,
+                "delta": privacy.get("delta"),
+                "private_heads": private_heads,
+                "scope": str(scope),
+                "sigma": sigmas[task],
+                "dfil": dict(dfil) if isinstance(dfil, Mapping) else None,
+            }
+        )
+    return answers
