@@ -102,6 +102,7 @@ def build_service(
         _source(run_dir, source, data_root),
         key_store(run_dir, notify),
         max_ids=max_ids,
+        run_record=read_run_json(run_dir),
     )
 
 

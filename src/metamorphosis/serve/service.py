@@ -31,8 +31,9 @@ from ..data.base import decode_image
 from ..errors import DataError, MetaMorphosisError, RunDirError
 from ..io import json_safe
 from ..models.producer import Producer
+from ..privacy.fisher import has_bound
 from ..privacy.scope import privacy_scope
-from ..rundir import RUN_JSON, read_run_json
+from ..rundir import RUN_JSON
 from .codec import COMPRESSIONS, ENCODINGS, MEDIA_TYPE, encode_tensors
 from .keys import KeyRecord, KeyStore, parse_bearer
 
@@ -232,9 +233,8 @@ class ProducerService:
         source: the producer's inputs.
         keys: the run's consumer key store.
         max_ids: most items per feature request (bounds memory and latency).
-        run_record: the run's ``run.json`` (for :meth:`privacy`); by default read,
-            once, from the run dir that holds ``keys`` (``RUN_DIR/keys.sqlite``),
-            when there is one there.
+        run_record: the run's ``run.json`` (for :meth:`privacy`; without it that route
+            answers 404). :func:`~.server.build_service` passes the run dir's.
     """
 
     def __init__(
@@ -256,9 +256,9 @@ class ProducerService:
         with torch.no_grad():
             probe = self.producer(torch.zeros(1, *producer.input_shape))
         self.feature_shapes = {task: list(f.shape[1:]) for task, f in probe.items()}
-        if run_record is None and (keys.path.parent / RUN_JSON).is_file():
-            run_record = read_run_json(keys.path.parent)
-        self._privacy = None if run_record is None else _privacy_answers(run_record, self.tasks)
+        self._privacy = (
+            None if run_record is None else _privacy_answers(run_record, producer, self.tasks)
+        )
 
     @property
     def tasks(self) -> list[str]:
@@ -344,8 +344,11 @@ def _sigma(record: Mapping[str, Any], task: str) -> float:
     return sigma
 
 
-def _privacy_answers(record: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The privacy route's answer per task, from ``run.json``.
+def _privacy_answers(
+    record: Mapping[str, Any], producer: Producer, tasks: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """The privacy route's answer per task, from ``run.json`` (and, for whether every
+    release is noisy, from the producer that releases: a learnt variance is noise too).
 
     Older run dirs lack ``privacy.scope``, ``privacy.private_heads`` and
     ``release[task].dfil``: the scope is then built from the run's facts
@@ -359,7 +362,7 @@ def _privacy_answers(record: Mapping[str, Any], tasks: Sequence[str]) -> dict[st
     scope = privacy.get("scope") or privacy_scope(
         dp=epsilon is not None,
         private_heads=private_heads,
-        noisy_release=all(sigmas[task] > 0 for task in public),
+        noisy_release=all(has_bound(producer, task) for task in producer.tasks),
     )
     answers = {}
     for task in tasks:

@@ -8,7 +8,6 @@ images from the attacker's training items) and may beat the cap.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +21,7 @@ from ...privacy.fisher import (
     has_bound,
     measure_sensitivity,
     producer_release,
+    psnr_cap,
     release_sigmas,
     total_dfil,
 )
@@ -87,7 +87,7 @@ class FisherBound(Attack):
                 "mean": float(total.mean()),
                 "median": float(total.median()),
                 "p95": p95,
-                "psnr_cap": 10.0 * math.log10(p95),
+                "psnr_cap": psnr_cap(p95),
             }
         return result
 
