@@ -28,6 +28,8 @@ __all__ = [
     "PRIVACY_MODES",
     "PER_TASK_MODULES_METHODS",
     "DefenceConfig",
+    "ReleaseConfig",
+    "PRIVATE_HEADS_METHODS",
     "method_section",
     "MAX_TARGET_EPSILON",
     "LabelSpec",
@@ -56,6 +58,10 @@ PRIVACY_MODES = ("none", "task", "input", "both")
 #: defences built on it); every other method publishes one shared map
 #: (``Config.module_kind``).
 PER_TASK_MODULES_METHODS = frozenset({"metamorphosis", "censor", "nopeek"})
+#: The methods ``privacy.private_heads`` can train: every trained weight is a producer
+#: parameter or a consumer head, each stepped by DP-SGD (a method's own models, such as
+#: censor's adversaries or DeepObfuscator's decoder, train without DP).
+PRIVATE_HEADS_METHODS = ("metamorphosis", "universal")
 CHANNELS = ("vib", "gaussian")
 ERASERS = ("none", "linear")
 #: Largest released map (values per image) a linear eraser is fitted on: its
@@ -279,6 +285,10 @@ class PrivacyConfig:
     de-correlation), ``input`` (DP-SGD on the producer), ``both`` (two phases).
     Either ``target_epsilon`` or ``noise_multiplier`` fixes the DP noise; the
     target is for the whole producer training, every DP phase composed.
+    ``private_heads``: the consumer heads (and the producer-side heads of private
+    attributes) train with DP-SGD too, in the same Poisson batches under the same
+    accountant, so ε covers every trained weight (``privacy/scope.py`` says exactly
+    what it covers either way).
     """
 
     mode: str = "both"
@@ -292,6 +302,7 @@ class PrivacyConfig:
     ssim_data_range: float = 1.0
     freeze_encoder: bool = True
     grad_sampler: str = "hooks"
+    private_heads: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("privacy.mode", self.mode, PRIVACY_MODES)
@@ -312,6 +323,11 @@ class PrivacyConfig:
         check_positive("privacy.max_grad_norm", self.max_grad_norm)
         check_positive("privacy.omega", self.omega, allow_zero=True)
         check_positive("privacy.ssim_data_range", self.ssim_data_range)
+        if self.private_heads and not self.uses_dp:
+            raise ConfigError(
+                f"privacy.private_heads=true trains the heads with DP-SGD, but "
+                f"privacy.mode={self.mode!r} has no DP phase: set privacy.mode=input or both"
+            )
 
     @property
     def uses_dp(self) -> bool:
@@ -417,6 +433,60 @@ class DefenceConfig:
 
 
 @dataclass(frozen=True)
+class ReleaseConfig:
+    """Release noise calibrated to a Fisher-information bound (:mod:`.privacy.fisher`).
+
+    * ``target_psnr_cap``: the PSNR (dB, pixels in [0, 1]) that no unbiased
+      reconstruction of 95 % of the training images may beat from one release of a
+      task; it is ``target_dfil = 10^(cap / 10)``. Set one of the two, or neither.
+    * ``max_total_dfil``: a bound on the 95th percentile, over images, of the dFIL
+      summed over every public task (consumers of all tasks colluding); alone it is
+      shared equally between the tasks.
+    * ``probes`` / ``calibration_images``: Hutchinson probes per image and the fixed
+      training images whose dFIL picks σ (each estimate costs one forward-mode pass
+      per image and probe).
+
+    When any target is set, the trainer sets each public task's release noise σ
+    (``defence.noise`` is then only the starting value) at the start of every epoch,
+    so the heads learn with the noise they will be read with, once more after
+    training (then fine-tunes the heads ``defence.head_epochs`` on it), and records
+    σ and the dFIL statistics in ``run.json``'s ``release``.
+    """
+
+    target_psnr_cap: float | None = None
+    target_dfil: float | None = None
+    max_total_dfil: float | None = None
+    probes: int = 8
+    calibration_images: int = 128
+
+    def __post_init__(self) -> None:
+        if self.target_psnr_cap is not None and self.target_dfil is not None:
+            raise ConfigError(
+                "release.target_psnr_cap and release.target_dfil both fix the per-task "
+                "target (dFIL = 10^(cap/10)): set one of them"
+            )
+        if self.target_psnr_cap is not None and not is_finite_number(self.target_psnr_cap):
+            raise _fail("release.target_psnr_cap", self.target_psnr_cap, "a finite number (dB)")
+        for key in ("target_dfil", "max_total_dfil"):
+            if getattr(self, key) is not None:
+                check_positive(f"release.{key}", getattr(self, key))
+        check_int("release.probes", self.probes, minimum=2, maximum=1024)
+        check_int("release.calibration_images", self.calibration_images, minimum=8)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the trainer picks the release noise (any target set)."""
+        return self.per_task_dfil is not None or self.max_total_dfil is not None
+
+    @property
+    def per_task_dfil(self) -> float | None:
+        """The per-task dFIL target (from the PSNR cap when that is what is set)."""
+        if self.target_psnr_cap is not None:
+            return 10.0 ** (self.target_psnr_cap / 10.0)
+        return self.target_dfil
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings. ``epochs`` is per phase; ``encoder_epochs`` is
     phase 1 of mode ``both`` (defaults to ``epochs``)."""
@@ -462,6 +532,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
+    release: ReleaseConfig = field(default_factory=ReleaseConfig)
     method: str = "metamorphosis"
     #: Options sections of training methods, as written (``deepobfuscator: {...}``), by
     #: section name. The method registry (:mod:`metamorphosis.train.methods`) owns their
@@ -491,16 +562,52 @@ class Config:
                 f"code, but public task(s) {dense} are dense and need the map: unset "
                 "defence.code_size (and defence.preset, which sets it)"
             )
+        self._check_release()
+        self._check_private_heads()
         if self.privacy.mode == "task" and len(self.all_labels) < 2:
             raise ConfigError(
                 "privacy.mode='task' de-correlates modules from each other: "
                 "it needs at least two tasks / private attributes"
             )
 
+    def _check_release(self) -> None:
+        release = self.release
+        per_task, total = release.per_task_dfil, release.max_total_dfil
+        if per_task is not None and total is not None and per_task * len(self.tasks) > total:
+            raise ConfigError(
+                f"release.max_total_dfil={total:g} is below what {len(self.tasks)} public "
+                f"task(s) at the per-task target dFIL {per_task:g} sum to "
+                f"({per_task * len(self.tasks):g}): lower the per-task target "
+                "(release.target_psnr_cap / target_dfil) or raise the total"
+            )
+
+    def _check_private_heads(self) -> None:
+        if not self.privacy.private_heads:
+            return
+        if self.method not in PRIVATE_HEADS_METHODS:
+            raise ConfigError(
+                f"privacy.private_heads=true with method={self.method!r}: only "
+                f"{', '.join(PRIVATE_HEADS_METHODS)} train nothing but the producer and the "
+                "heads, so only they can be trained end-to-end with DP-SGD"
+            )
+        if self.defence.erase != "none":
+            raise ConfigError(
+                "privacy.private_heads=true with defence.erase="
+                f"{self.defence.erase!r}: the eraser is fitted on training features "
+                "without DP and the heads are then fine-tuned without it; set "
+                "defence.erase=none"
+            )
+
     @property
     def all_labels(self) -> tuple[LabelSpec, ...]:
         """Public tasks first, then private attributes (the module order)."""
         return tuple(self.tasks) + tuple(self.private_attributes)
+
+    @property
+    def has_release_stage(self) -> bool:
+        """Whether each label's features pass a release stage (a defence, or release
+        noise the trainer calibrates) before they are released."""
+        return self.defence.active or self.release.calibrated
 
     @property
     def module_kind(self) -> str:
@@ -545,6 +652,7 @@ _SECTIONS: dict[str, type] = {
     "privacy": PrivacyConfig,
     "train": TrainConfig,
     "defence": DefenceConfig,
+    "release": ReleaseConfig,
 }
 _SCALARS = ("method",)  # top-level keys that are plain values, not sections
 #: The top-level keys every config shares; any other is a training method's options.

@@ -189,10 +189,10 @@ def _check_addable(config: Config, spec: LabelSpec) -> None:
             f"method={config.method!r}, privacy.mode={config.privacy.mode!r} (one shared "
             "feature for every task: retrain it with the new task instead)"
         )
-    if config.defence.active:  # the eraser and the release key cover the tasks trained
+    if config.has_release_stage:  # the eraser and the release key cover the tasks trained
         raise ConfigError(
-            "add-task on a run with a defence (defence.bottleneck_channels, noise or erase) "
-            "is not supported: retrain the run with the new task"
+            "add-task on a run with a defence (defence.bottleneck_channels, noise, erase or "
+            "release targets) is not supported: retrain the run with the new task"
         )
     names = [s.name for s in config.all_labels]
     if spec.name in names:

@@ -24,6 +24,8 @@ from .errors import ConfigError, MetaMorphosisError, RunDirError
 from .io import atomic_write, json_safe, save_safetensors, write_json
 from .models.producer import Producer, build_heads, build_network, build_producer
 from .models.release import SECRET_BYTES
+from .privacy.fisher import has_bound
+from .privacy.scope import privacy_scope
 
 if TYPE_CHECKING:  # loading a run must not import the trainer (and with it Opacus)
     from .train.loop import TrainResult
@@ -88,13 +90,20 @@ def write_run(
             "steps": sum(p.steps for p in result.dp_phases),
             "accountant": privacy.accountant,
             "phases": [p.to_dict() for p in result.dp_phases],
+            "private_heads": privacy.private_heads,
+            "scope": privacy_scope(
+                dp=bool(result.dp_phases),
+                private_heads=privacy.private_heads,
+                noisy_release=all(has_bound(producer, t) for t in producer.tasks),
+            ),
         },
         # a metric can be NaN (e.g. on a class absent from the test split): null in strict JSON
         "metrics": json_safe(result.utility),
         "swap_matrix": json_safe(result.swap),
         "transform": transform.to_dict(),
         "defence": config_to_dict(config)["defence"],
-        "release": release_record(producer, result.erased),
+        "release": release_record(producer, result.erased, result.dfil),
+        "release_total": result.dfil_total,
         "train_seconds": round(result.seconds, 2),
         **(extra or {}),
     }
@@ -102,11 +111,16 @@ def write_run(
     return record
 
 
-def release_record(producer: Producer, erased: Mapping[str, list[str]]) -> dict[str, Any]:
+def release_record(
+    producer: Producer,
+    erased: Mapping[str, list[str]],
+    dfil: Mapping[str, dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
     """``run.json``'s ``release``: per public task, the release noise's standard deviation
-    added to the code, the bottleneck's channels, code size and channel (``vib``: its
-    learnt posterior noise comes on top of sigma), and the private attributes erased
-    from it."""
+    added to the code (calibrated, under ``release`` targets), the bottleneck's channels,
+    code size and channel (``vib``: its learnt posterior noise comes on top of sigma), the
+    private attributes erased from it, and its dFIL statistics on the training images
+    the noise was calibrated on (None: released without noise)."""
     record = {}
     for task in producer.tasks:
         release = producer.release_of(task) if task in producer.releases else None
@@ -117,6 +131,7 @@ def release_record(producer: Producer, erased: Mapping[str, list[str]]) -> dict[
             "code_size": bottleneck.code_size if bottleneck else None,
             "channel": None if bottleneck is None else bottleneck.channel,
             "erased": list(erased.get(task, [])),
+            "dfil": json_safe((dfil or {}).get(task)),
         }
     return record
 
@@ -402,6 +417,7 @@ def load_producer(run_dir: str | Path) -> Producer:
         lambda c: build_producer(c, build_network(c), input_shape, preprocess=transform),
     )
     _load_weights(producer, Path(run_dir) / PRODUCER_FILE)
+    _set_release_noise(producer, record, path)
     producer.secret = _read_release_key(Path(run_dir))
     if producer.secret is None and any(r.noisy for r in producer.releases.values()):
         raise RunDirError(
@@ -411,6 +427,23 @@ def load_producer(run_dir: str | Path) -> Producer:
     producer.eval()
     _check_feature_shapes(producer, record, path)
     return producer
+
+
+def _set_release_noise(producer: Producer, record: dict[str, Any], path: Path) -> None:
+    """Each public task's release noise as trained: ``release[T].sigma`` (calibrated by
+    the trainer under ``release`` targets, so the config's ``defence.noise`` need not be
+    it; records before calibration existed hold ``defence.noise`` there)."""
+    releases = record.get("release")
+    if not isinstance(releases, dict):
+        return
+    for task in producer.tasks:
+        entry = releases.get(task)
+        if task not in producer.releases or not isinstance(entry, dict):
+            continue
+        sigma: Any = entry.get("sigma")
+        ok = is_finite_number(sigma) and sigma >= 0
+        _require(ok, path, f"release.{task}.sigma", sigma, "a finite number >= 0")
+        producer.release_of(task).noise = float(sigma)
 
 
 def _check_feature_shapes(producer: Producer, record: dict[str, Any], path: Path) -> None:

@@ -10,7 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from metamorphosis.config import config_from_dict
 from metamorphosis.data import ImageTransform
+from metamorphosis.experiment import train_run
 from metamorphosis.privacy.scope import privacy_scope
 from metamorphosis.rundir import load_producer, read_run_json
 from metamorphosis.serve.app import create_app
@@ -18,6 +20,7 @@ from metamorphosis.serve.client import AsyncConsumerClient, ConsumerClient
 from metamorphosis.serve.keys import KeyStore
 from metamorphosis.serve.server import build_service, key_store
 from metamorphosis.serve.service import FolderSource, ProducerService
+from tiny import tiny_config_dict
 
 FIELDS = {"task", "epsilon", "delta", "private_heads", "scope", "sigma", "dfil"}
 DFIL = {"mean": 0.25, "median": 0.2, "p95": 0.5, "psnr_cap": -3.01, "probes": 8, "sigma": 0.3}
@@ -205,3 +208,32 @@ def test_the_clients_return_the_routes_answer(server):
             return await async_client.privacy()
 
     assert asyncio.run(fetch()) == answer
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory):
+    """A tiny run whose releases are variational codes with calibrated release noise."""
+    raw = tiny_config_dict("input", epochs=1)
+    raw["defence"] = {"bottleneck_channels": 2, "beta": 0.01}
+    raw["release"] = {"target_psnr_cap": 12.0, "calibration_images": 32, "probes": 4}
+    out = tmp_path_factory.mktemp("noisy") / "run"
+    train_run(config_from_dict(raw), out, progress=False)
+    return out
+
+
+def test_a_noisy_release_answers_its_calibrated_sigma_and_bound(noisy_run):
+    record = read_run_json(noisy_run)
+    store = key_store(noisy_run)
+    client = TestClient(create_app(build_service(noisy_run)))
+    for task in ("shape", "large"):
+        body = client.get(
+            f"/v1/tasks/{task}/privacy", headers=_auth(store.issue(task).secret)
+        ).json()
+        assert body["sigma"] == record["release"][task]["sigma"] > 0
+        assert body["dfil"] == record["release"][task]["dfil"]
+        assert body["dfil"]["psnr_cap"] == pytest.approx(12.0, abs=3.0)  # fresh probes
+        assert "keyed Gaussian noise" in body["scope"]
+        assert body["scope"] == record["privacy"]["scope"]
+        assert body["epsilon"] == record["privacy"]["epsilon"] is not None
+    # the producer that releases uses run.json's sigma, not the config's defence.noise (0)
+    assert load_producer(noisy_run).release_of("shape").noise == record["release"]["shape"]["sigma"]

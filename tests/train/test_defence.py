@@ -43,13 +43,16 @@ def test_run_json_records_the_defence_and_each_release_but_never_the_secret(defe
     out, record = defended_run
     assert record["defence"] == {**_config().defence.__dict__}
     for task in ("shape", "large"):
-        assert record["release"][task] == {
+        entry = dict(record["release"][task])
+        dfil = entry.pop("dfil")  # a noisy release: its bound on the calibration images
+        assert entry == {
             "sigma": 0.3,
             "bottleneck_channels": 2,
             "code_size": None,
             "channel": "vib",
             "erased": ["background"],
         }
+        assert dfil["sigma"] == 0.3 and dfil["split"] == "train" and dfil["p95"] > 0
     key_path = out / RELEASE_KEY_FILE
     secret = key_path.read_text().strip()
     assert len(bytes.fromhex(secret)) == 32
@@ -176,7 +179,9 @@ def test_add_task_refuses_a_defended_run(defended_run):
 
 def test_noise_alone_trains_without_a_bottleneck_or_eraser(tmp_path):
     record = train_run(_config("input", noise=0.5), tmp_path / "run", progress=False)
-    assert record["release"]["shape"] == {
+    entry = dict(record["release"]["shape"])
+    assert entry.pop("dfil")["sigma"] == 0.5  # fixed noise: a finite bound
+    assert entry == {
         "sigma": 0.5,
         "bottleneck_channels": None,
         "code_size": None,
@@ -195,7 +200,9 @@ def test_an_undefended_run_records_a_noiseless_release_and_no_key(tmp_path):
         "code_size": None,
         "channel": None,
         "erased": [],
+        "dfil": None,  # no noise: no bound
     }
+    assert record["release_total"] is None
     assert not (tmp_path / "run" / RELEASE_KEY_FILE).exists()
 
 

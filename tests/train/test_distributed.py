@@ -49,8 +49,8 @@ def _train_without_noise(rank: int, world_size: int, port: int, raw: dict, out: 
         )
     wrap = DPEngine.wrap
 
-    def noiseless(self, model, optimizer):
-        model, optimizer = wrap(self, model, optimizer)
+    def noiseless(self, model, optimizer, **blocks):
+        model, optimizer = wrap(self, model, optimizer, **blocks)
         optimizer.noise_multiplier = 0.0  # the accountant still sees the configured noise
         return model, optimizer
 

@@ -177,7 +177,7 @@ def build_producer(
         private_attributes=[s.name for s in config.private_attributes],
         input_shape=input_shape,
         preprocess=preprocess,
-        releases=build_releases(config, feature_shape) if config.defence.active else None,
+        releases=build_releases(config, feature_shape) if config.has_release_stage else None,
     )
 
 

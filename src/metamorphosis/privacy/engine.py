@@ -8,15 +8,19 @@ The trainer only asks "a loader for this phase", "wrap this model", "ε now";
 under torchrun the same questions get each rank's share of the global batch and
 Opacus' ``DPDDP`` with its ``DistributedDPOptimizer`` (:mod:`..train.distributed`).
 
-Only producer-side parameters go through the engine: heads (consumers) train
-without DP (see the README's privacy section for what ε covers).
+By default only producer-side parameters go through the engine: heads (consumers)
+train without DP. ``privacy.private_heads`` wraps every head a DP phase trains as
+well, each block clipped on its own and noised at ``σ·√blocks`` (:meth:`DPEngine.
+block_noise`), so one accountant at σ covers every trained weight (see the README's
+privacy section for what ε covers).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from opacus import GradSampleModule
@@ -163,25 +167,19 @@ class DPEngine:
 
     # -- models ---------------------------------------------------------------------
     def wrap(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, blocks: int = 1
     ) -> tuple[nn.Module, torch.optim.Optimizer]:
         """Per-sample gradients for ``model`` (``privacy.grad_sampler``'s way); clipping and
-        noise in ``optimizer``'s step."""
-        private_model: AbstractGradSampleModule
+        noise in ``optimizer``'s step.
+
+        ``blocks``: how many separately clipped blocks each step noises (the producer and,
+        under ``privacy.private_heads``, every head it trains with): see
+        :meth:`block_noise`.
+        """
         if self.distributed.active:
             model = DPDDP(model)  # every rank starts from rank 0's weights
-        if self.privacy.grad_sampler == "ew":
-            private_model = _ExpandedWeights(model, loss_reduction="mean")
-        else:
-            functorch = self.privacy.grad_sampler == "functorch"
-            private_model = GradSampleModule(
-                model, loss_reduction="mean", force_functorch=functorch
-            )
-        settings = {
-            "noise_multiplier": float(self.noise_multiplier or 0.0),
-            "max_grad_norm": self.privacy.max_grad_norm,
-            "loss_reduction": "mean",
-        }
+        private_model = self._per_sample(model)
+        settings = self._optimizer_settings(blocks)
         if not self.distributed.active:
             return private_model, DPOptimizer(
                 optimizer, expected_batch_size=self.batch_size, **settings
@@ -194,6 +192,38 @@ class DPEngine:
             expected_batch_size=share,  # a float: Opacus only divides by it
             **settings,
         )
+
+    def wrap_head(
+        self, head: nn.Module, optimizer: torch.optim.Optimizer, *, blocks: int
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """A consumer head for DP-SGD in the same Poisson batch as the producer
+        (``privacy.private_heads``; one process only)."""
+        return self._per_sample(head), DPOptimizer(
+            optimizer, expected_batch_size=self.batch_size, **self._optimizer_settings(blocks)
+        )
+
+    def block_noise(self, blocks: int) -> float:
+        """The noise multiplier of each of ``blocks`` blocks clipped to ``max_grad_norm``
+        apiece and noised in one step.
+
+        One sample changes each block's clipped sum by at most C, so the concatenation
+        by at most C·√blocks: noise σ·√blocks·C on every block is the Gaussian mechanism
+        of multiplier σ on the whole step, which is what the accountant counts.
+        """
+        return float(self.noise_multiplier or 0.0) * math.sqrt(blocks)
+
+    def _per_sample(self, model: nn.Module) -> AbstractGradSampleModule:
+        if self.privacy.grad_sampler == "ew":
+            return _ExpandedWeights(model, loss_reduction="mean")
+        functorch = self.privacy.grad_sampler == "functorch"
+        return GradSampleModule(model, loss_reduction="mean", force_functorch=functorch)
+
+    def _optimizer_settings(self, blocks: int) -> dict[str, Any]:
+        return {
+            "noise_multiplier": self.block_noise(blocks),
+            "max_grad_norm": self.privacy.max_grad_norm,
+            "loss_reduction": "mean",
+        }
 
     @staticmethod
     def unwrap(model: nn.Module) -> None:

@@ -266,8 +266,9 @@ def calibrate_sigmas(
 ) -> dict[str, float]:
     """σ per task: each release's 95th-percentile dFIL at most ``target_dfil``, and the
     95th percentile of their per-image sum at most ``max_total_dfil`` (alone, it is
-    shared equally). Percentiles do not add, so the sum is checked and every task's
-    target lowered in proportion until it holds."""
+    shared equally). Percentiles do not add (the sum's is at most the sum of theirs), so
+    every task's share is rescaled until the sum's p95 is on the bound, never above
+    ``target_dfil``."""
     tasks = list(sensitivities)
     per_task = target_dfil if target_dfil is not None else math.inf
     if max_total_dfil is not None:
@@ -275,13 +276,15 @@ def calibrate_sigmas(
     if not math.isfinite(per_task):
         raise ValueError("set a target dFIL or a maximum total")
     sigmas = {t: calibrate_sigma(sensitivities[t], per_task) for t in tasks}
-    for _ in range(20):
+    ceiling = target_dfil if target_dfil is not None else math.inf
+    for _ in range(30):
         if max_total_dfil is None:
             break
         total = float(torch.quantile(total_dfil(sensitivities, sigmas), QUANTILE))
-        if total <= max_total_dfil * (1 + 1e-9):
+        over = total > max_total_dfil * (1 + 1e-9)
+        if not over and (total >= max_total_dfil * (1 - 1e-6) or per_task >= ceiling):
             break
-        per_task *= max_total_dfil / total
+        per_task = min(ceiling, per_task * max_total_dfil / max(total, 1e-300))
         sigmas = {t: calibrate_sigma(sensitivities[t], per_task) for t in tasks}
     return sigmas
 

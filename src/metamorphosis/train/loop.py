@@ -12,9 +12,13 @@ evaluation. Adding a task to a finished run
 the new module, with the SSIM term against the frozen existing modules.
 
 All DP phases share one noise multiplier and sample rate, calibrated so the
-composition of every DP step meets ``target_epsilon``. Heads (consumers) are
-trained without DP: only producer-side parameters see private gradients
-through the split-learning step. A checkpoint is written atomically after
+composition of every DP step meets ``target_epsilon``. By default heads
+(consumers) are trained without DP: only producer-side parameters see private
+gradients through the split-learning step; ``privacy.private_heads`` trains every
+head of a DP phase with DP-SGD in the same batches (the engine's
+``block_noise``). With ``release`` targets, each public task's release noise is
+calibrated at the start of every epoch and once after training
+(:mod:`.calibration`). A checkpoint is written atomically after
 every epoch; a run started again on the same directory resumes from it,
 after removing what a kill left behind (temporaries of atomic writes, and the
 ``metrics.jsonl`` records logged after the checkpoint it resumes from).
@@ -52,6 +56,7 @@ from ..models.producer import (
 from ..models.release import kl_scale, new_secret
 from ..privacy.accounting import DPPhase
 from ..privacy.engine import DPEngine, PlannedPhase
+from .calibration import ReleaseCalibrator, calibration_pixels
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import ONE_PROCESS, BatchShare, Distributed, SyncedOptimizer, rank_seed
 from .erasure import finetune_heads, fit_erasers
@@ -105,6 +110,10 @@ class TrainResult:
     seconds: float
     #: ``{task: [private attributes erased from its release]}`` (``defence.erase``).
     erased: dict[str, list[str]] = field(default_factory=dict)
+    #: ``{task: dFIL statistics on the calibration images | None}`` (None: no noise).
+    dfil: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    #: dFIL of every public task's release of one image together, or None.
+    dfil_total: dict[str, Any] | None = None
 
 
 def _load_remote_head(head: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
@@ -314,9 +323,12 @@ class Trainer:
         self.producer: Producer = build_producer(
             config, self.network, data.input_shape, preprocess=data.transform
         ).to(self.device)
-        if any(release.noisy for release in self.producer.releases.values()):
+        if config.release.calibrated or any(r.noisy for r in self.producer.releases.values()):
             self.producer.secret = new_secret()  # the key of the keyed release noise
         self.erased: dict[str, list[str]] = {}
+        self.release_finished = False  # erasers fitted, noise recalibrated, heads tuned
+        self._calibrator: ReleaseCalibrator | None = None
+        self._wrapped_heads: dict[str, tuple[nn.Module, Any]] = {}
         self.heads = build_heads(
             config.all_labels,
             self.network,
@@ -357,6 +369,7 @@ class Trainer:
                     del self.local_consumers[spec.name]
         self.phases = list(phases) if phases is not None else self.method.phases()
         self.method.check_dp(self.phases)
+        self._check_private_heads()
         self.batch_size = min(config.train.batch_size, _size(data.train))
         self.privacy = DPEngine(
             config.privacy,
@@ -368,6 +381,40 @@ class Trainer:
             prior_phases=prior_dp_phases,
             distributed=distributed,
         )
+
+    def _check_private_heads(self) -> None:
+        """``privacy.private_heads`` needs every phase DP and every head trained here."""
+        if not self.config.privacy.private_heads:
+            return
+        plain = [phase.name for phase in self.phases if not phase.dp]
+        refusals = {
+            "a phase without DP-SGD trains heads without it "
+            f"(phase {plain[0] if plain else ''!r})": bool(plain),
+            "--remote consumers would run their head steps outside this accountant "
+            "(not supported yet)": self.remote is not None,
+            "torchrun: per-rank DP heads are not supported yet; run one process": (
+                self.distributed.active
+            ),
+        }
+        for reason, refused in refusals.items():
+            if refused:
+                raise ConfigError(f"privacy.private_heads=true: {reason}")
+
+    @property
+    def calibrator(self) -> ReleaseCalibrator:
+        """The release noise's calibration on fixed training images (built on first use)."""
+        if self._calibrator is None:
+            release = self.config.release
+            pixels = calibration_pixels(
+                self.data.train,
+                self.data.transform,
+                release.calibration_images,
+                seed=self.config.train.seed,
+            )
+            self._calibrator = ReleaseCalibrator(
+                self.config, self.producer, pixels, self.data.transform, self.device
+            )
+        return self._calibrator
 
     def _synchronise_optimizers(self) -> None:
         """Under torchrun, every optimiser outside DP-SGD all-reduces before it steps."""
@@ -411,13 +458,36 @@ class Trainer:
         train_only(self.producer, phase.labels, encoder=phase.train_encoder)
         params = [p for p in self.producer.parameters() if p.requires_grad]
         params += self.method.extra_parameters(phase)
+        blocks = 1 + self._wrap_heads(phase) if phase.dp else 1
         if not params:
             return self.producer, None
         train = self.config.train
         optimizer = make_optimizer(train.optimizer, params, train.lr, train.weight_decay)
         if phase.dp:
-            return self.privacy.wrap(self.producer, optimizer)
+            return self.privacy.wrap(self.producer, optimizer, blocks=blocks)
         return self.producer, self._synced(optimizer)
+
+    def _wrap_heads(self, phase: PhasePlan) -> int:
+        """Under ``privacy.private_heads``, the heads ``phase`` trains, wrapped for DP-SGD
+        (each clipped apiece, the producer another block); how many were wrapped."""
+        if not self.config.privacy.private_heads:
+            return 0
+        names = [name for name in phase.labels if name in self.local_consumers]
+        blocks = 1 + len(names)
+        for name in names:
+            consumer = self.local_consumers[name]
+            self._wrapped_heads[name] = (consumer.head, consumer.optimizer)
+            consumer.head, consumer.optimizer = self.privacy.wrap_head(
+                consumer.head, consumer.optimizer, blocks=blocks
+            )
+        return len(names)
+
+    def _unwrap_heads(self) -> None:
+        for name, (head, optimizer) in self._wrapped_heads.items():
+            consumer = self.local_consumers[name]
+            self.privacy.unwrap(consumer.head)
+            consumer.head, consumer.optimizer = head, optimizer
+        self._wrapped_heads.clear()
 
     def _train_epoch(self, phase: PhasePlan, model, optimizer, loader, log, epoch: int) -> dict:
         bar = tqdm(
@@ -489,7 +559,7 @@ class Trainer:
             "metrics_size": metrics_size,  # bytes of metrics.jsonl this state has logged
             "producer": self.producer.state_dict(),
             "heads": self.heads.state_dict(),
-            "head_optimizers": {
+            "head_optimizers": {  # a DP head's optimiser saves its original's state
                 n: c.optimizer.state_dict() for n, c in self.local_consumers.items()
             },
             "producer_optimizer": optimizer.state_dict() if optimizer is not None else None,
@@ -502,7 +572,14 @@ class Trainer:
             "release_secret": self.producer.secret.hex() if self.producer.secret else "",
             "world_size": self.distributed.world_size,
             "erased": json.dumps(self.erased),
+            "release_finished": self.release_finished,
+            "release_sigma": json.dumps(self._sigmas()),
         }
+
+    def _sigmas(self) -> dict[str, float]:
+        """Each public task's release noise now (calibrated ones change every epoch)."""
+        releases = self.producer.releases
+        return {t: self.producer.release_of(t).noise for t in self.producer.tasks if t in releases}
 
     def _resume(self) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT_NAME
@@ -537,6 +614,10 @@ class Trainer:
         if state.get("release_secret"):
             self.producer.secret = bytes.fromhex(state["release_secret"])
         self.erased = json.loads(state.get("erased", "{}"))
+        # older checkpoints: the erasure was the only step after the phases
+        self.release_finished = bool(state.get("release_finished", bool(self.erased)))
+        for task, sigma in json.loads(state.get("release_sigma", "{}")).items():
+            self.producer.release_of(task).noise = float(sigma)
         if self.distributed.is_main:
             _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
         return state
@@ -583,6 +664,9 @@ class Trainer:
                 if self.distributed.active:  # the ranks' in-step noise, fixed per epoch
                     seed = rank_seed(self.config.train.seed, self.distributed.rank, index, epoch)
                     torch.manual_seed(seed)
+                if self.config.release.calibrated:
+                    event = self.calibrator.calibrate()
+                    log({"event": "calibrate", "phase": phase.name, "epoch": epoch, **event})
                 t0 = time.perf_counter()
                 train_losses = self._train_epoch(phase, model, optimizer, loader, log, epoch)
                 if phase.dp:
@@ -614,9 +698,10 @@ class Trainer:
                         ),
                     )
             self.privacy.unwrap(model)  # hooks and grad_sample attributes off the producer
+            self._unwrap_heads()
             freeze(self.producer, False)
-        if self.config.defence.erase == "linear" and not self.erased:
-            self._erase(steps_done, log, log_path)
+        if not self.release_finished:
+            self._finish_release(steps_done, log, log_path)
         if self.remote is not None:  # the remote heads, for the run's own evaluation
             for name, state in self.remote.request_heads(self.remote.timeout).items():
                 _load_remote_head(self.heads[name], state, name)
@@ -625,6 +710,7 @@ class Trainer:
         utility, swap = evaluate(
             self.producer, self.heads, self.config.all_labels, test_loader, self.device
         )
+        dfil, dfil_total = self._release_statistics()
         return TrainResult(
             utility=utility,
             swap=swap,
@@ -634,16 +720,53 @@ class Trainer:
             sample_rate=self.privacy.sample_rate,
             seconds=time.perf_counter() - started,
             erased=dict(self.erased),
+            dfil=dfil,
+            dfil_total=dfil_total,
         )
 
-    def _erase(self, steps_done: list[int], log, log_path: Path) -> None:
-        """Fit the erasers, fine-tune the heads on the erased release, checkpoint."""
+    def _release_statistics(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``run.json``'s dFIL per public task on the calibration images (nothing to
+        measure when no release is noisy)."""
+        if not any(r.noisy for r in self.producer.releases.values()):
+            return {}, None
+        return self.calibrator.statistics()
+
+    def _finish_release(self, steps_done: list[int], log, log_path: Path) -> None:
+        """After the phases: fit the erasers (``defence.erase``), calibrate the release
+        noise to the final weights (``release``), fine-tune the heads on the release they
+        will read (not under ``privacy.private_heads``: that would be a step without DP);
+        checkpoint."""
+        erase = self.config.defence.erase == "linear"
+        calibrated = self.config.release.calibrated
+        if not (erase or calibrated):
+            return
         t0 = time.perf_counter()
-        self.erased = fit_erasers(
-            self.producer, self._eval_loader(self.data.train), self.config, self.device
-        )
+        if erase:
+            self.erased = fit_erasers(
+                self.producer, self._eval_loader(self.data.train), self.config, self.device
+            )
+        if calibrated:
+            event = self.calibrator.calibrate()
+            log({"event": "calibrate", "phase": "release", "epoch": 0, **event})
+        epochs = 0 if self.config.privacy.private_heads else self.config.defence.head_epochs
+        self._finetune_heads(epochs)
+        if erase:
+            log(
+                {
+                    "event": "erase",
+                    "erased": self.erased,
+                    "head_epochs": epochs,
+                    "seconds": round(time.perf_counter() - t0, 3),
+                }
+            )
+        self.release_finished = True
+        if self.distributed.is_main:
+            size = log_path.stat().st_size if log_path.exists() else 0
+            state = self._checkpoint_state(len(self.phases), 0, steps_done, None, size)
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
+
+    def _finetune_heads(self, epochs: int) -> None:
         tasks = [spec.name for spec in self.config.tasks]
-        epochs = self.config.defence.head_epochs
         for epoch in range(epochs):
             epoch_seed = self.config.train.seed * 1_000_003 + len(self.phases) * 1009 + epoch
             loader = self._loader(self.data.train, dp=False, epoch_seed=epoch_seed)
@@ -651,18 +774,6 @@ class Trainer:
                 self.producer, self.consumers, loader, tasks, self.device, self._on_batch
             )
         self.producer.train()
-        log(
-            {
-                "event": "erase",
-                "erased": self.erased,
-                "head_epochs": epochs,
-                "seconds": round(time.perf_counter() - t0, 3),
-            }
-        )
-        if self.distributed.is_main:
-            size = log_path.stat().st_size if log_path.exists() else 0
-            state = self._checkpoint_state(len(self.phases), 0, steps_done, None, size)
-            save_checkpoint(self.run_dir / CHECKPOINT_NAME, state)
 
     def _on_batch(self, index: Tensor) -> None:
         """Before a batch's steps: this rank's share of the global batch (torchrun), and
