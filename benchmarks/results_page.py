@@ -491,6 +491,24 @@ def frontier() -> list[str]:
     return lines
 
 
+def fisher_caps() -> list[str]:
+    """``results/fisher_caps/<dataset>/caps.md`` (``benchmarks/fisher_caps.py``), after
+    ``results/fisher_caps/notes.md``."""
+    folder = TABLES / "fisher_caps"
+    found = [name for name in FRONTIER_ORDER if (folder / name / "caps.md").is_file()]
+    if not found:
+        return []
+    lines = ["## Fisher-information caps on releases, and DP heads (issue 13)", ""]
+    notes = folder / "notes.md"
+    if notes.is_file():
+        lines += [notes.read_text().rstrip(), ""]
+    for name in found:
+        table = (folder / name / "caps.md").read_text().rstrip().replace("# Fisher", "### Fisher")
+        table = table.replace("## privacy.private_heads", "#### privacy.private_heads")
+        lines += [table, "", f"![{name} caps](../results/fisher_caps/{name}/caps.png)", ""]
+    return lines
+
+
 def page() -> str:
     lines = [
         "# Results",
@@ -504,7 +522,8 @@ def page() -> str:
         "table, figures) are the `report.md` files beside the JSON.",
         "",
     ]
-    lines += celeba() + statefarm() + paper_tables() + demo() + frontier() + producer_costs()
+    lines += celeba() + statefarm() + paper_tables() + demo() + frontier() + fisher_caps()
+    lines += producer_costs()
     # benchmark outputs, kept verbatim with their commands
     names = (
         "step_cost.md",

@@ -465,8 +465,10 @@ class ReleaseConfig:
                 "release.target_psnr_cap and release.target_dfil both fix the per-task "
                 "target (dFIL = 10^(cap/10)): set one of them"
             )
-        if self.target_psnr_cap is not None and not is_finite_number(self.target_psnr_cap):
-            raise _fail("release.target_psnr_cap", self.target_psnr_cap, "a finite number (dB)")
+        cap = self.target_psnr_cap
+        if cap is not None and not (is_finite_number(cap) and -100 <= cap <= 100):
+            # beyond ±100 dB 10^(cap/10) overflows or means nothing for pixels in [0, 1]
+            raise _fail("release.target_psnr_cap", cap, "a number of dB in [-100, 100]")
         for key in ("target_dfil", "max_total_dfil"):
             if getattr(self, key) is not None:
                 check_positive(f"release.{key}", getattr(self, key))

@@ -111,6 +111,16 @@ def test_the_header_names_the_method_and_the_module_actually_trained(tiny_run, t
     assert f"method `{config.method}`" in markdown and f"module `{config.module_kind}`" in markdown
 
 
+def test_the_report_states_what_the_runs_privacy_numbers_cover(tiny_run, tiny_audit):
+    from metamorphosis.rundir import read_run_json
+
+    privacy = read_run_json(tiny_run)["privacy"]
+    assert tiny_audit["run"]["privacy_scope"] == privacy["scope"]
+    assert tiny_audit["run"]["private_heads"] is privacy["private_heads"]
+    markdown = (tiny_run / "audit" / "report.md").read_text()
+    assert f"What the privacy numbers cover: {privacy['scope']}" in markdown
+
+
 def test_a_baseline_report_does_not_claim_the_configured_module():
     """DeepObfuscator (mode none) trains identity modules, whatever model.module says."""
     from metamorphosis.audit.run import _run_summary

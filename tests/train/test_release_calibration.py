@@ -160,6 +160,7 @@ def test_calibration_images_are_fixed_by_the_seed_and_cut_to_the_split(tiny_conf
         ({"target_psnr_cap": 10, "target_dfil": 10}, "set one of them"),
         ({"target_dfil": 10, "max_total_dfil": 15}, "release.max_total_dfil=15 is below"),
         ({"target_psnr_cap": float("nan")}, "release.target_psnr_cap"),
+        ({"target_psnr_cap": 4000}, "release.target_psnr_cap=4000 is invalid"),
         ({"target_dfil": 0}, "release.target_dfil=0"),
         ({"max_total_dfil": -1}, "release.max_total_dfil=-1"),
         ({"target_dfil": 1, "probes": 1}, "release.probes=1"),

@@ -63,6 +63,8 @@ def _header(doc: Document, report: Mapping[str, Any]) -> None:
         f"{', '.join(run['tasks'])}; private attributes: "
         f"{', '.join(run['private_attributes']) or 'none'}."
     )
+    if run.get("privacy_scope"):
+        doc.paragraph(f"What the privacy numbers cover: {run['privacy_scope']}")
     doc.paragraph(
         f"Every number is measured on the held-out test split ({report['data']['test_items']} "
         f"images); attackers train on {report['data']['train_items']} train-split images. "

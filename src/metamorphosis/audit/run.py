@@ -42,7 +42,8 @@ __all__ = ["AUDIT_DIR", "REPORT_VERSION", "run_audit"]
 AUDIT_DIR = "audit"
 REPORT_VERSION = 3
 """3: adds ``dfil`` (the Fisher-information bound per public task), ``dfil_total`` and
-``dfil_cost``. 2: adds ``leakage`` (the best attacker per source and label), attackers
+``dfil_cost``, and ``run.privacy_scope`` / ``run.private_heads`` (from ``run.json``).
+2: adds ``leakage`` (the best attacker per source and label), attackers
 with restarts and early stopping; ``assumptions`` keyed by attack and attacker name;
 ``leakage.png`` replaces ``attribute_inference.png``."""
 
@@ -60,6 +61,9 @@ def _run_summary(record: dict[str, Any], config: Config) -> dict[str, Any]:
         "mode": privacy["mode"],
         "epsilon": privacy["epsilon"],
         "delta": privacy["delta"],
+        "private_heads": bool(privacy.get("private_heads", False)),
+        # what epsilon and the release bound cover (run dirs before it: none recorded)
+        "privacy_scope": privacy.get("scope"),
         "tasks": list(record["tasks"]),
         "private_attributes": list(record["private_attributes"]),
         "feature_shapes": record["feature_shapes"],

@@ -28,12 +28,13 @@ _PRODUCER_ONLY = (
 )
 _EVERY_WEIGHT = (
     "epsilon covers every weight trained on the training split (producer and every head, "
-    "DP-SGD in the same Poisson batches, one accountant). It does not cover the choice of "
-    "the release noise or an eraser fitted on training features"
+    "DP-SGD in the same Poisson batches, one accountant)"
 )
 _SPLIT_LEARNING = (
-    ", nor the features consumers received during split learning (every sampled training "
-    "image's, in the clear), nor features released after training."
+    ". It does not cover the features consumers received during split learning (every "
+    "sampled training image's, in the clear), features released after training, or what "
+    "is chosen from training features without DP (a release noise calibrated on them, an "
+    "eraser fitted on them)."
 )
 _RELEASE_BOUND = (
     " Released features carry keyed Gaussian noise: dFIL bounds, per image and release, "
