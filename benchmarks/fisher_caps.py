@@ -106,17 +106,11 @@ def head_numbers(run_dir: Path, dataset: frontier.Dataset) -> dict[str, Any]:
     }
 
 
-def _load(path: Path, dataset: frontier.Dataset) -> dict[str, Any]:
-    if path.exists():
-        return json.loads(path.read_text())
-    return {"dataset": dataset.name, "public": dataset.public, "private": dataset.private}
-
-
 def run(args: argparse.Namespace, dataset: frontier.Dataset, path: Path) -> None:
     session = frontier.Session(
         dataset, args.budget, "cpu", args.data_root, RESULTS, RUNS, progress=False
     )
-    results = _load(path, dataset)
+    results = frontier.load_frontier(path, dataset)
     groups = {"caps": cap_points(args.caps), "heads": head_points()}
     for group, points in groups.items():
         if args.only and group != args.only:
@@ -131,7 +125,7 @@ def run(args: argparse.Namespace, dataset: frontier.Dataset, path: Path) -> None
                 session.run(point, point.id)
                 numbers = cap_numbers(session.run_dir(point), dataset)
             else:
-                numbers = _train_only(session, point)
+                numbers = _train_only(session, point, point.id)
             line = f"python benchmarks/fisher_caps.py {dataset.name} --only {group}"
             entry = frontier.point_record(
                 point, args.budget, "cpu", line, session.run_dir(point), numbers
@@ -143,11 +137,15 @@ def run(args: argparse.Namespace, dataset: frontier.Dataset, path: Path) -> None
             frontier._log(f"{point.id}: recorded (utility {numbers['utility']})")
 
 
-def _train_only(session: frontier.Session, point: frontier.Point) -> dict[str, Any]:
+def _train_only(session: frontier.Session, point: frontier.Point, prefix: str) -> dict[str, Any]:
     run_dir = session.run_dir(point)
-    config = frontier.point_config(point, session.dataset, session.budget, session.device)
-    if not (run_dir / "run.json").exists():
-        frontier.train(config, run_dir, session.data_root, session.progress)
+    frontier.ensure_trained(
+        frontier.point_config(point, session.dataset, session.budget, session.device),
+        run_dir,
+        data_root=session.data_root,
+        progress=session.progress,
+        log=lambda line: frontier._log(f"{prefix}: {line}"),
+    )
     return head_numbers(run_dir, session.dataset)
 
 

@@ -340,6 +340,25 @@ def _set_aside(run_dir: Path) -> Path:
     raise AssertionError("unreachable")
 
 
+def ensure_trained(
+    config: Config,
+    run_dir: Path,
+    *,
+    data_root: Path | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> None:
+    """``run_dir`` trained from ``config``: reused when it was, trained when absent, and
+    set aside first when it was trained from another config."""
+    if (run_dir / "run.json").exists() and not paper_tables._same_config(run_dir, config):
+        log(f"{run_dir} was trained from another config: set aside as {_set_aside(run_dir)}")
+    if (run_dir / "run.json").exists():
+        log(f"reusing the trained run {run_dir}")
+    else:
+        log("training ...")
+        train(config, run_dir, data_root, progress)
+
+
 def run_point(
     config: Config,
     run_dir: Path,
@@ -351,13 +370,7 @@ def run_point(
     log: Callable[[str], None],
 ) -> None:
     """``run_dir`` trained from ``config`` and audited at ``budget``, doing what is missing."""
-    if (run_dir / "run.json").exists() and not paper_tables._same_config(run_dir, config):
-        log(f"{run_dir} was trained from another config: set aside as {_set_aside(run_dir)}")
-    if (run_dir / "run.json").exists():
-        log(f"reusing the trained run {run_dir}")
-    else:
-        log("training ...")
-        train(config, run_dir, data_root, progress)
+    ensure_trained(config, run_dir, data_root=data_root, progress=progress, log=log)
     attack = attack_budget(budget)
     report = run_dir / "audit" / "report.json"
     if report.exists() and json.loads(report.read_text())["budget"]["name"] == attack.name:

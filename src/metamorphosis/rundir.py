@@ -24,7 +24,7 @@ from .errors import ConfigError, MetaMorphosisError, RunDirError
 from .io import atomic_write, json_safe, save_safetensors, write_json
 from .models.producer import Producer, build_heads, build_network, build_producer
 from .models.release import SECRET_BYTES
-from .privacy.fisher import has_bound
+from .privacy.fisher import has_bound, set_release_sigmas
 from .privacy.scope import privacy_scope
 
 if TYPE_CHECKING:  # loading a run must not import the trainer (and with it Opacus)
@@ -436,6 +436,7 @@ def _set_release_noise(producer: Producer, record: dict[str, Any], path: Path) -
     releases = record.get("release")
     if not isinstance(releases, dict):
         return
+    sigmas = {}
     for task in producer.tasks:
         entry = releases.get(task)
         if task not in producer.releases or not isinstance(entry, dict):
@@ -443,7 +444,8 @@ def _set_release_noise(producer: Producer, record: dict[str, Any], path: Path) -
         sigma: Any = entry.get("sigma")
         ok = is_finite_number(sigma) and sigma >= 0
         _require(ok, path, f"release.{task}.sigma", sigma, "a finite number >= 0")
-        producer.release_of(task).noise = float(sigma)
+        sigmas[task] = sigma
+    set_release_sigmas(producer, sigmas)
 
 
 def _check_feature_shapes(producer: Producer, record: dict[str, Any], path: Path) -> None:

@@ -61,6 +61,8 @@ __all__ = [
     "producer_release",
     "psnr_cap",
     "release_sigmas",
+    "set_release_sigmas",
+    "total_stats",
     "total_dfil",
 ]
 
@@ -307,6 +309,27 @@ def producer_release(producer: Producer, task: str, *, mean: float, std: float) 
 def release_sigmas(producer: Producer, tasks: Sequence[str]) -> dict[str, float]:
     """Each task's release noise σ (0 without a release stage)."""
     return {t: producer.release_of(t).noise if t in producer.releases else 0.0 for t in tasks}
+
+
+def set_release_sigmas(producer: Producer, sigmas: Mapping[str, float]) -> None:
+    """Set each task's release noise σ (every task named must have a release stage)."""
+    for task, sigma in sigmas.items():
+        producer.release_of(task).noise = float(sigma)
+
+
+def total_stats(
+    sensitivities: Mapping[str, Sensitivity], sigmas: Mapping[str, float]
+) -> dict[str, float]:
+    """Mean, median, 95th percentile and PSNR cap of the per-image dFIL summed over every
+    task's release (colluding consumers)."""
+    total = total_dfil(sensitivities, sigmas).double()
+    p95 = float(torch.quantile(total, QUANTILE))
+    return {
+        "mean": float(total.mean()),
+        "median": float(total.median()),
+        "p95": p95,
+        "psnr_cap": psnr_cap(p95),
+    }
 
 
 def has_bound(producer: Producer, task: str) -> bool:

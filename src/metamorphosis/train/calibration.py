@@ -34,8 +34,10 @@ from ..privacy.fisher import (
     has_bound,
     measure_sensitivity,
     producer_release,
-    psnr_cap,
+    release_sigmas,
+    set_release_sigmas,
     total_dfil,
+    total_stats,
 )
 
 __all__ = ["ReleaseCalibrator", "calibration_pixels"]
@@ -76,16 +78,6 @@ class ReleaseCalibrator:
         self.tasks: list[str] = [spec.name for spec in config.tasks]
         self.seed = config.train.seed
 
-    @property
-    def sigmas(self) -> dict[str, float]:
-        """Each public task's release noise now."""
-        return {t: self.producer.release_of(t).noise for t in self.tasks}
-
-    def set_sigmas(self, sigmas: dict[str, float]) -> None:
-        """Put recorded σ back (a resumed run, or ``load_producer``)."""
-        for task, sigma in sigmas.items():
-            self.producer.release_of(task).noise = float(sigma)
-
     def calibrate(self) -> dict[str, Any]:
         """Measure, pick σ per task for the targets, and set it; the ``calibrate`` event."""
         started = time.perf_counter()
@@ -93,7 +85,7 @@ class ReleaseCalibrator:
         sigmas = calibrate_sigmas(
             sensitivities, self.release.per_task_dfil, self.release.max_total_dfil
         )
-        self.set_sigmas(sigmas)
+        set_release_sigmas(self.producer, sigmas)
         record: dict[str, Any] = {
             "sigma": sigmas,
             "dfil_p95": {t: _p95(s.dfil(sigmas[t])) for t, s in sensitivities.items()},
@@ -108,16 +100,13 @@ class ReleaseCalibrator:
         noisy = [t for t in self.tasks if has_bound(self.producer, t)]
         # other probes than calibration's: at its own probes the p95 is the target exactly
         sensitivities = self._measure(noisy, self.seed + 1)
-        sigmas = self.sigmas
+        sigmas = release_sigmas(self.producer, noisy)
         entries: dict[str, dict[str, Any] | None] = {t: None for t in self.tasks}
         for task, sensitivity in sensitivities.items():
             entries[task] = {**sensitivity.stats(sigmas[task]).to_dict(), "split": "train"}
-        if not noisy or len(noisy) < len(self.tasks):
+        if len(noisy) < len(self.tasks):
             return entries, None
-        total = total_dfil(sensitivities, sigmas).double()
-        p95 = _p95(total)
-        summary = {"mean": float(total.mean()), "p95": p95, "psnr_cap": psnr_cap(p95)}
-        return entries, summary
+        return entries, total_stats(sensitivities, sigmas)
 
     def _measure(self, tasks: Sequence[str], seed: int) -> dict[str, Sensitivity]:
         """Sensitivities at the calibration images, the producer in eval mode (no

@@ -56,6 +56,7 @@ from ..models.producer import (
 from ..models.release import kl_scale, new_secret
 from ..privacy.accounting import DPPhase
 from ..privacy.engine import DPEngine, PlannedPhase
+from ..privacy.fisher import release_sigmas, set_release_sigmas
 from .calibration import ReleaseCalibrator, calibration_pixels
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .distributed import ONE_PROCESS, BatchShare, Distributed, SyncedOptimizer, rank_seed
@@ -578,8 +579,8 @@ class Trainer:
 
     def _sigmas(self) -> dict[str, float]:
         """Each public task's release noise now (calibrated ones change every epoch)."""
-        releases = self.producer.releases
-        return {t: self.producer.release_of(t).noise for t in self.producer.tasks if t in releases}
+        staged = [t for t in self.producer.tasks if t in self.producer.releases]
+        return release_sigmas(self.producer, staged)
 
     def _resume(self) -> dict[str, Any] | None:
         path = self.run_dir / CHECKPOINT_NAME
@@ -616,8 +617,7 @@ class Trainer:
         self.erased = json.loads(state.get("erased", "{}"))
         # older checkpoints: the erasure was the only step after the phases
         self.release_finished = bool(state.get("release_finished", bool(self.erased)))
-        for task, sigma in json.loads(state.get("release_sigma", "{}")).items():
-            self.producer.release_of(task).noise = float(sigma)
+        set_release_sigmas(self.producer, json.loads(state.get("release_sigma", "{}")))
         if self.distributed.is_main:
             _truncate_metrics(self.run_dir / METRICS_NAME, state.get("metrics_size"))
         return state

@@ -16,14 +16,12 @@ import torch
 
 from ...data.transforms import ImageTransform
 from ...privacy.fisher import (
-    QUANTILE,
     Sensitivity,
     has_bound,
     measure_sensitivity,
     producer_release,
-    psnr_cap,
     release_sigmas,
-    total_dfil,
+    total_stats,
 )
 from ...rundir import load_producer, read_run_json
 from ..document import Document
@@ -81,14 +79,7 @@ class FisherBound(Attack):
             "threads": torch.get_num_threads(),
         }
         if measured and len(measured) == len(context.tasks):
-            total = total_dfil(sensitivities, sigmas).double()
-            p95 = float(torch.quantile(total, QUANTILE))
-            result["dfil_total"] = {
-                "mean": float(total.mean()),
-                "median": float(total.median()),
-                "p95": p95,
-                "psnr_cap": psnr_cap(p95),
-            }
+            result["dfil_total"] = total_stats(sensitivities, sigmas)
         return result
 
     def findings(self, report: Mapping[str, Any]) -> list[Finding]:
