@@ -12,7 +12,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 import typer
 import typer.core
@@ -626,36 +626,22 @@ def keys_revoke(
 
 def _consume_training(
     url: str, task: str, key: str, config_path: Path, data_root, verify: bool | str, wait: float
-) -> int:
-    """A remote consumer: its head and labels from the same config as the producer's."""
-    import torch
+) -> tuple[int, int]:
+    """A remote consumer: its head and labels from the same config as the producer's.
 
+    Returns the steps answered and how many of them stepped the head with DP-SGD.
+    """
     from .config import load_config
-    from .data import LabelledImageDataset, build_datasets
     from .serve.client import ConsumerClient
-    from .train.loop import make_optimizer
-    from .train.remote import consumer_head
-    from .train.split import Consumer
+    from .train.remote import remote_consumer
 
     config = load_config(config_path)
-    data = build_datasets(config.data, config.all_labels, seed=config.train.seed, root=data_root)
-    config = config.with_label_classes(data.num_classes)
-    spec = next((s for s in config.tasks if s.name == task), None)
-    if spec is None:
+    if task not in [s.name for s in config.tasks]:
         raise MetaMorphosisError(f"task {task!r} is not a public task of {config_path}")
-    head = consumer_head(config, data.input_shape, task)
-    train = config.train
-    optimizer = make_optimizer(
-        train.optimizer, list(head.parameters()), train.head_lr or train.lr, train.weight_decay
-    )
-
-    train_split = cast(LabelledImageDataset, data.train)
-
-    def labels_of(ids: list[str]) -> torch.Tensor:
-        return torch.stack([train_split.get_item_by_id(i)[1][task] for i in ids])
-
+    side, labels_of = remote_consumer(config, task, data_root=data_root)
     with ConsumerClient(url, task=task, key=key, verify=verify) as client:
-        return client.train(Consumer(spec, head, optimizer), labels_of, unreachable_timeout=wait)
+        steps = client.train(side, labels_of, unreachable_timeout=wait)
+    return steps, side.dp_steps
 
 
 def read_tasks(run_dir: Path) -> list[str]:
@@ -695,8 +681,13 @@ def consume(
     _require_serve_extra()
     _check_consume(url, task, key, wait, cafile)
     if train_config is not None:
-        steps = _consume_training(url, task, key, train_config, data_root, cafile or True, wait)
-        typer.echo(f"{task}: answered {steps} training steps; head sent to the producer")
+        steps, dp_steps = _consume_training(
+            url, task, key, train_config, data_root, cafile or True, wait
+        )
+        typer.echo(
+            f"{task}: answered {steps} training steps ({dp_steps} with DP-SGD on the head); "
+            "head sent to the producer"
+        )
         return
     if out is None:
         raise MetaMorphosisError("give --out FILE to fetch features or --train CONFIG to train")

@@ -91,10 +91,12 @@ def write_run(
             "accountant": privacy.accountant,
             "phases": [p.to_dict() for p in result.dp_phases],
             "private_heads": privacy.private_heads,
+            "remote_heads": result.remote_heads,
             "scope": privacy_scope(
                 dp=bool(result.dp_phases),
                 private_heads=privacy.private_heads,
                 noisy_release=all(has_bound(producer, t) for t in producer.tasks),
+                remote_heads=result.remote_heads,
             ),
         },
         # a metric can be NaN (e.g. on a class absent from the test split): null in strict JSON

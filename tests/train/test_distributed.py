@@ -67,12 +67,22 @@ def _run(world_size: int, raw: dict, out) -> None:
     )
 
 
-def test_two_ranks_train_the_one_process_run(tmp_path):
+@pytest.mark.parametrize("private_heads", [False, True], ids=["heads-synced", "heads-dp-sgd"])
+def test_two_ranks_train_the_one_process_run(tmp_path, private_heads):
     # A DP encoder phase, then DP modules: 4 steps of DP-SGD on the producer, SGD on the
-    # heads. A small learning rate and few steps on purpose: this tiny model's training is
-    # chaotic (one process on 1 or 2 threads drifts 0.25 apart within 3 steps at lr 1e-3),
-    # so only a short run can show agreement to float rounding.
-    raw = tiny_config_dict("both", epochs=1, optimizer="sgd", lr=1e-4, max_steps_per_epoch=2)
+    # heads (or DP-SGD under privacy.private_heads: clipped per sample on each rank and
+    # all-reduced, as the producer is). A small learning rate and few steps on purpose:
+    # this tiny model's training is chaotic (one process on 1 or 2 threads drifts 0.25
+    # apart within 3 steps at lr 1e-3), so only a short run can show agreement to float
+    # rounding.
+    raw = tiny_config_dict(
+        "both",
+        {"private_heads": private_heads},
+        epochs=1,
+        optimizer="sgd",
+        lr=1e-4,
+        max_steps_per_epoch=2,
+    )
     _run(1, raw, tmp_path / "one")
     _run(2, raw, tmp_path / "two")
     one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
@@ -80,6 +90,7 @@ def test_two_ranks_train_the_one_process_run(tmp_path):
     assert one["distributed"] == {"world_size": 1, "backend": None}
     assert two["privacy"]["epsilon"] == one["privacy"]["epsilon"]  # the same sampling
     assert two["privacy"]["steps"] == one["privacy"]["steps"]
+    assert two["privacy"]["private_heads"] is private_heads
     for name, tolerance in (("producer.safetensors", 1e-6), ("heads.safetensors", 5e-5)):
         a, b = (load_file(tmp_path / d / name) for d in ("one", "two"))
         assert a.keys() == b.keys()

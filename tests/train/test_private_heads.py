@@ -13,7 +13,7 @@ from metamorphosis.config import config_from_dict
 from metamorphosis.data import build_datasets
 from metamorphosis.errors import ConfigError
 from metamorphosis.experiment import train_run
-from metamorphosis.privacy.engine import DPEngine, PlannedPhase
+from metamorphosis.privacy.engine import DPEngine, HeadDP, PlannedPhase
 from metamorphosis.train.loop import PhasePlan, Trainer
 from tiny import tiny_config_dict
 
@@ -37,10 +37,9 @@ def test_each_block_is_noised_at_sigma_times_root_blocks(tiny_config):
     )
     assert engine.block_noise(1) == engine.noise_multiplier == 1.0
     assert engine.block_noise(4) == pytest.approx(2.0)
+    assert engine.head_dp(4) == HeadDP(2.0, config.privacy.max_grad_norm, 16)
     head = nn.Linear(3, 2)
-    wrapped, optimizer = engine.wrap_head(
-        head, torch.optim.SGD(head.parameters(), lr=0.1), blocks=4
-    )
+    wrapped, optimizer = engine.wrap(head, torch.optim.SGD(head.parameters(), lr=0.1), blocks=4)
     assert isinstance(optimizer, DPOptimizer)
     assert optimizer.noise_multiplier == pytest.approx(2.0)
     assert optimizer.max_grad_norm == config.privacy.max_grad_norm

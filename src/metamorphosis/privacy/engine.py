@@ -36,7 +36,7 @@ from ..config import PrivacyConfig
 from ..train.distributed import ONE_PROCESS, Distributed, FlatDistributedDPOptimizer, RankShare
 from .accounting import DPPhase, epsilon_of_phases, noise_for_target_epsilon
 
-__all__ = ["DPEngine", "PlannedPhase"]
+__all__ = ["DPEngine", "HeadDP", "PlannedPhase", "dp_sgd_head"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,36 @@ class PlannedPhase:
     name: str
     dp: bool
     epochs: int
+
+
+@dataclass(frozen=True)
+class HeadDP:
+    """The DP-SGD step of a head trained in the producer's Poisson batches
+    (``privacy.private_heads``): what a remote consumer is told with every step.
+
+    ``noise_multiplier`` is the head's block noise σ·√blocks (:meth:`DPEngine.
+    block_noise`), ``expected_batch_size`` the producer's expected Poisson batch: the
+    clipped sum plus noise is divided by it, never by the batch drawn.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: int
+
+
+def dp_sgd_head(
+    head: nn.Module, optimizer: torch.optim.Optimizer, settings: HeadDP
+) -> tuple[AbstractGradSampleModule, DPOptimizer]:
+    """``head`` with per-sample gradients and ``optimizer`` clipping and noising them as
+    ``settings`` say (one process: a remote consumer's head; the trainer wraps its own
+    heads with :meth:`DPEngine.wrap`, which knows about torchrun)."""
+    return GradSampleModule(head, loss_reduction="mean"), DPOptimizer(
+        optimizer,
+        noise_multiplier=settings.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm,
+        expected_batch_size=settings.expected_batch_size,
+        loss_reduction="mean",
+    )
 
 
 class _NonEmptyBatches(Sampler[list[int]]):
@@ -193,14 +223,9 @@ class DPEngine:
             **settings,
         )
 
-    def wrap_head(
-        self, head: nn.Module, optimizer: torch.optim.Optimizer, *, blocks: int
-    ) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """A consumer head for DP-SGD in the same Poisson batch as the producer
-        (``privacy.private_heads``; one process only)."""
-        return self._per_sample(head), DPOptimizer(
-            optimizer, expected_batch_size=self.batch_size, **self._optimizer_settings(blocks)
-        )
+    def head_dp(self, blocks: int) -> HeadDP:
+        """The DP-SGD step of each head trained beside the producer in ``blocks`` blocks."""
+        return HeadDP(self.block_noise(blocks), self.privacy.max_grad_norm, self.batch_size)
 
     def block_noise(self, blocks: int) -> float:
         """The noise multiplier of each of ``blocks`` blocks clipped to ``max_grad_norm``

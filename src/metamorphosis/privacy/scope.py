@@ -18,6 +18,8 @@ Fisher-information bound (:mod:`.fisher`) speaks to, with its own assumptions.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 __all__ = ["privacy_scope"]
 
 _NO_DP = "No DP-SGD: epsilon is null and nothing bounds what the trained weights reveal."
@@ -42,9 +44,16 @@ _RELEASE_BOUND = (
     "k tasks add their dFIL; an attacker with a strong image prior can do better)."
 )
 _NO_RELEASE_BOUND = " Released features carry no noise: no bound on reconstructing inputs."
+_REMOTE_HEADS = (
+    " The heads of {tasks} trained in their consumers' processes, each step told its "
+    "DP-SGD settings: epsilon covers them only if those consumers ran that step, which "
+    "the producer cannot check."
+)
 
 
-def privacy_scope(*, dp: bool, private_heads: bool, noisy_release: bool) -> str:
+def privacy_scope(
+    *, dp: bool, private_heads: bool, noisy_release: bool, remote_heads: Sequence[str] = ()
+) -> str:
     """The scope of a run's ε and of its release bound, as one short text.
 
     Args:
@@ -52,11 +61,14 @@ def privacy_scope(*, dp: bool, private_heads: bool, noisy_release: bool) -> str:
         private_heads: whether the heads trained with DP-SGD too.
         noisy_release: whether every public task's release carries noise (so a
             Fisher-information bound exists).
+        remote_heads: the tasks whose heads consumers trained in other processes.
     """
     if not dp:
         text = _NO_DP
     elif private_heads:
         text = _EVERY_WEIGHT + _SPLIT_LEARNING
+        if remote_heads:
+            text += _REMOTE_HEADS.format(tasks=", ".join(remote_heads))
     else:
         text = _PRODUCER_ONLY + _SPLIT_LEARNING
     return text + (_RELEASE_BOUND if noisy_release else _NO_RELEASE_BOUND)

@@ -18,7 +18,7 @@ import json
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from torch import Tensor, nn
@@ -26,6 +26,9 @@ from torch import Tensor, nn
 from ..errors import MetaMorphosisError
 from ..train.split import Consumer
 from .codec import MEDIA_TYPE, decode_tensors, encode_tensors
+
+if TYPE_CHECKING:
+    from ..train.remote import ConsumerSide
 
 STATE_HEADER = "X-Training-State"  # as in .training (not imported: the client needs no server)
 _Params = dict[str, Any] | httpx.QueryParams | None
@@ -135,7 +138,7 @@ class ConsumerClient:
 
     def train(
         self,
-        consumer: Consumer,
+        consumer: Consumer | ConsumerSide,
         labels_of: Callable[[list[str]], Tensor],
         *,
         poll: float = 0.02,
@@ -147,7 +150,9 @@ class ConsumerClient:
         Each step: fetch the pending features, compute the loss on this
         consumer's own labels (``labels_of(ids)``), update the head, send
         ``d loss / d features`` back. When the producer asks for the trained
-        head (state ``finishing``) it is sent and the loop ends.
+        head (state ``finishing``) it is sent and the loop ends. A step that
+        carries DP-SGD settings (``privacy.private_heads``) steps the head with
+        them (:class:`~metamorphosis.train.remote.ConsumerSide`).
 
         The producer may be unreachable for up to ``unreachable_timeout``
         seconds at a time (not started yet, restarting from its checkpoint).
@@ -157,6 +162,9 @@ class ConsumerClient:
         Returns:
             The number of steps answered.
         """
+        from ..train.remote import ConsumerSide, head_dp_from_text  # Opacus: training only
+
+        side = consumer if isinstance(consumer, ConsumerSide) else ConsumerSide(consumer)
         answered = 0
         sent: tuple[str, bytes] | None = None  # the last step this head took, and its gradient
         progress = unreachable_since = time.monotonic()
@@ -173,7 +181,7 @@ class ConsumerClient:
             if response.status_code == 204:
                 if state in ("finishing", "done"):
                     if state == "finishing":
-                        self._send_head(consumer.head)
+                        self._send_head(side.finish())
                     return answered
                 if time.monotonic() - progress > idle_timeout:
                     raise ServiceError(0, f"no training step for {idle_timeout:g} s")
@@ -182,7 +190,9 @@ class ConsumerClient:
             tensors, metadata = decode_tensors(response.content)
             step_id = metadata["step_id"]
             if sent is None or sent[0] != step_id:
-                reply = consumer.step(tensors["features"], labels_of(json.loads(metadata["ids"])))
+                labels = labels_of(json.loads(metadata["ids"]))
+                dp = head_dp_from_text(metadata.get("dp"))
+                reply = side.step(tensors["features"], labels, dp)
                 body = encode_tensors({"grad": reply.grad}, metadata={"loss": repr(reply.loss)})
                 sent = (step_id, body)
                 answered += 1

@@ -5,8 +5,11 @@ producer trains (CONTRACT: producer service, split-learning training):
 
 * ``POST /v1/tasks/{task}/train/next`` → the pending step's features
   (safetensors ``features``; ``step_id`` and the item ``ids`` in its
-  metadata), or 204 when nothing is pending; the ``X-Training-State`` header
-  says ``training``, ``finishing`` (send your head) or ``done``;
+  metadata, and under ``privacy.private_heads`` ``dp``: the JSON object
+  ``{"noise_multiplier", "max_grad_norm", "expected_batch_size"}`` of the
+  DP-SGD step the head must take), or 204 when nothing is pending; the
+  ``X-Training-State`` header says ``training``, ``finishing`` (send your
+  head) or ``done``;
 * ``POST /v1/tasks/{task}/train/steps/{step_id}/grad`` with safetensors
   ``grad`` (and ``loss`` in the metadata) → 202; 409 for a stale or replayed
   step; 422 for a wrong shape, dtype or a non-finite value;
@@ -24,7 +27,7 @@ import time
 from fastapi import FastAPI, Header, Request
 from fastapi.responses import Response
 
-from ..train.remote import StaleStep, TrainingHub
+from ..train.remote import StaleStep, TrainingHub, head_dp_to_text
 from .app import BODY_TIMEOUT, base_app
 from .codec import MEDIA_TYPE, CodecError, check_gradient, decode_tensors, encode_tensors
 from .keys import KeyStore
@@ -59,10 +62,10 @@ def create_training_app(
         step = hub.next_step(task)
         if step is None:
             return Response(status_code=204, headers={STATE_HEADER: hub.state})
-        body = encode_tensors(
-            {"features": step.features},
-            metadata={"step_id": step.step_id, "ids": json.dumps(step.ids)},
-        )
+        metadata = {"step_id": step.step_id, "ids": json.dumps(step.ids)}
+        if step.dp is not None:
+            metadata["dp"] = head_dp_to_text(step.dp)
+        body = encode_tensors({"features": step.features}, metadata=metadata)
         return Response(body, media_type=MEDIA_TYPE, headers={STATE_HEADER: hub.state})
 
     @app.post("/v1/tasks/{task}/train/steps/{step_id}/grad", status_code=202)

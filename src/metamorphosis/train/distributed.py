@@ -18,7 +18,9 @@ group (``gloo`` on CPU, ``nccl`` on CUDA). What each rank does:
   and ``DistributedDPOptimizer`` (per-sample clipping on each rank, the noise added
   once, on rank 0, the clipped sums all-reduced: in one collective,
   :class:`FlatDistributedDPOptimizer`), with the expected batch
-  ``batch_size / world_size`` per rank, so a step is the one-process step.
+  ``batch_size / world_size`` per rank, so a step is the one-process step. Under
+  ``privacy.private_heads`` every head of a DP phase is wrapped the same way (its
+  block noise σ·√blocks), in place of its synced step.
 * **Everything else that trains** (heads, the producer outside DP phases, a
   method's own models) steps through :class:`SyncedOptimizer`: the gradients are
   all-reduced, each rank's weighted by its share of the global batch, so every

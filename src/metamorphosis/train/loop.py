@@ -16,8 +16,9 @@ composition of every DP step meets ``target_epsilon``. By default heads
 (consumers) are trained without DP: only producer-side parameters see private
 gradients through the split-learning step; ``privacy.private_heads`` trains every
 head of a DP phase with DP-SGD in the same batches (the engine's
-``block_noise``). With ``release`` targets, each public task's release noise is
-calibrated at the start of every epoch and once after training
+``block_noise``; a remote consumer is told its head's step with each step). With
+``release`` targets, each public task's release noise is calibrated at the start of
+every epoch and once after training
 (:mod:`.calibration`). A checkpoint is written atomically after
 every epoch; a run started again on the same directory resumes from it,
 after removing what a kill left behind (temporaries of atomic writes, and the
@@ -63,6 +64,7 @@ from .distributed import ONE_PROCESS, BatchShare, Distributed, SyncedOptimizer, 
 from .erasure import finetune_heads, fit_erasers
 from .evaluate import evaluate
 from .methods import MethodContext, PhasePlan, StepInputs, resolve_method
+from .optimizers import make_optimizer
 from .remote import RemoteConsumer, TrainingHub, check_remote_method
 from .split import Consumer, ConsumerLike, StepResult
 
@@ -115,6 +117,8 @@ class TrainResult:
     dfil: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     #: dFIL of every public task's release of one image together, or None.
     dfil_total: dict[str, Any] | None = None
+    #: The public tasks whose heads consumers trained in other processes (``--remote``).
+    remote_heads: list[str] = field(default_factory=list)
 
 
 def _load_remote_head(head: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
@@ -266,15 +270,6 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float, wd: float):
-    """The optimiser ``train.optimizer`` names (remote consumers build theirs with it too)."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-
-
 class Trainer:
     """Runs every phase of a config into ``run_dir``, resuming when possible.
 
@@ -384,22 +379,15 @@ class Trainer:
         )
 
     def _check_private_heads(self) -> None:
-        """``privacy.private_heads`` needs every phase DP and every head trained here."""
+        """``privacy.private_heads`` needs every phase DP: a plain phase trains heads too."""
         if not self.config.privacy.private_heads:
             return
         plain = [phase.name for phase in self.phases if not phase.dp]
-        refusals = {
-            "a phase without DP-SGD trains heads without it "
-            f"(phase {plain[0] if plain else ''!r})": bool(plain),
-            "--remote consumers would run their head steps outside this accountant "
-            "(not supported yet)": self.remote is not None,
-            "torchrun: per-rank DP heads are not supported yet; run one process": (
-                self.distributed.active
-            ),
-        }
-        for reason, refused in refusals.items():
-            if refused:
-                raise ConfigError(f"privacy.private_heads=true: {reason}")
+        if plain:
+            raise ConfigError(
+                "privacy.private_heads=true: a phase without DP-SGD trains heads without it "
+                f"(phase {plain[0]!r})"
+            )
 
     @property
     def calibrator(self) -> ReleaseCalibrator:
@@ -469,19 +457,29 @@ class Trainer:
         return self.producer, self._synced(optimizer)
 
     def _wrap_heads(self, phase: PhasePlan) -> int:
-        """Under ``privacy.private_heads``, the heads ``phase`` trains, wrapped for DP-SGD
-        (each clipped apiece, the producer another block); how many were wrapped."""
+        """Under ``privacy.private_heads``, the heads ``phase`` trains, on DP-SGD (each
+        clipped apiece, the producer another block); how many there are.
+
+        An in-process head is wrapped here (under torchrun like the producer: the noise
+        once, the clipped sums all-reduced, in place of its synced step); a remote
+        consumer is sent the step's settings with every step and runs it itself.
+        """
         if not self.config.privacy.private_heads:
             return 0
-        names = [name for name in phase.labels if name in self.local_consumers]
+        names = [name for name in phase.labels if name in self.consumers]
         blocks = 1 + len(names)
         for name in names:
-            consumer = self.local_consumers[name]
-            self._wrapped_heads[name] = (consumer.head, consumer.optimizer)
-            consumer.head, consumer.optimizer = self.privacy.wrap_head(
-                consumer.head, consumer.optimizer, blocks=blocks
-            )
+            if name in self.local_consumers:
+                self._wrap_local_head(self.local_consumers[name], blocks)
+            else:
+                cast(RemoteConsumer, self.consumers[name]).dp = self.privacy.head_dp(blocks)
         return len(names)
+
+    def _wrap_local_head(self, consumer: Consumer, blocks: int) -> None:
+        self._wrapped_heads[consumer.spec.name] = (consumer.head, consumer.optimizer)
+        optimizer = consumer.optimizer  # its own step, not the synced one: DP-SGD syncs
+        plain = optimizer.optimizer if isinstance(optimizer, SyncedOptimizer) else optimizer
+        consumer.head, consumer.optimizer = self.privacy.wrap(consumer.head, plain, blocks=blocks)
 
     def _unwrap_heads(self) -> None:
         for name, (head, optimizer) in self._wrapped_heads.items():
@@ -489,6 +487,9 @@ class Trainer:
             self.privacy.unwrap(consumer.head)
             consumer.head, consumer.optimizer = head, optimizer
         self._wrapped_heads.clear()
+        for name, remote in self.consumers.items():
+            if name not in self.local_consumers:
+                cast(RemoteConsumer, remote).dp = None
 
     def _train_epoch(self, phase: PhasePlan, model, optimizer, loader, log, epoch: int) -> dict:
         bar = tqdm(
@@ -722,6 +723,7 @@ class Trainer:
             erased=dict(self.erased),
             dfil=dfil,
             dfil_total=dfil_total,
+            remote_heads=[] if self.remote is None else list(self.remote.tasks),
         )
 
     def _release_statistics(self) -> tuple[dict[str, Any], dict[str, Any] | None]:
