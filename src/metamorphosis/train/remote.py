@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config, LabelSpec
+from ..data import LabelledImageDataset, build_datasets
 from ..errors import ConfigError, MetaMorphosisError
 from ..models.producer import build_heads, build_network, build_producer
 from ..privacy.engine import HeadDP, dp_sgd_head
@@ -303,8 +304,6 @@ def remote_consumer(
     """``task``'s consumer in ``train --remote`` of ``config``: its side of each step (the
     head as the producer's trainer initialises it, on DP-SGD under
     ``privacy.private_heads``) and its own labels by item id."""
-    from ..data import LabelledImageDataset, build_datasets
-
     data = build_datasets(config.data, config.all_labels, seed=config.train.seed, root=data_root)
     config = config.with_label_classes(data.num_classes)
     spec = next((s for s in config.tasks if s.name == task), None)
