@@ -60,12 +60,19 @@ def cap_points(caps: Sequence[float]) -> list[frontier.Point]:
     ]
 
 
-def head_points() -> list[frontier.Point]:
-    return [
-        frontier.Point("heads", "private_heads", str(on).lower(), {**DP_INPUT,
-                       "privacy.private_heads": on}, name=f"private_heads_{str(on).lower()}")
-        for on in (False, True)
-    ]  # fmt: skip
+def head_points(seeds: Sequence[int] = ()) -> list[frontier.Point]:
+    """private_heads off and on at the config's seed, then at each of ``seeds``."""
+    points = []
+    for seed in [None, *seeds]:
+        extra = {} if seed is None else {"train.seed": seed}
+        suffix = "" if seed is None else f"_seed{seed}"
+        points += [
+            frontier.Point("heads", "private_heads", str(on).lower(), {**DP_INPUT,
+                           "privacy.private_heads": on, **extra},
+                           name=f"private_heads_{str(on).lower()}{suffix}")
+            for on in (False, True)
+        ]  # fmt: skip
+    return points
 
 
 def cap_numbers(run_dir: Path, dataset: frontier.Dataset) -> dict[str, Any]:
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace, dataset: frontier.Dataset, path: Path) -> None
         dataset, args.budget, "cpu", args.data_root, RESULTS, RUNS, progress=False
     )
     results = frontier.load_frontier(path, dataset)
-    groups = {"caps": cap_points(args.caps), "heads": head_points()}
+    groups = {"caps": cap_points(args.caps), "heads": head_points(args.head_seeds)}
     for group, points in groups.items():
         if args.only and group != args.only:
             continue
@@ -127,6 +134,8 @@ def run(args: argparse.Namespace, dataset: frontier.Dataset, path: Path) -> None
             else:
                 numbers = _train_only(session, point, point.id)
             line = f"python benchmarks/fisher_caps.py {dataset.name} --only {group}"
+            if "train.seed" in point.overrides:
+                line += f" --head-seeds {point.overrides['train.seed']}"
             entry = frontier.point_record(
                 point, args.budget, "cpu", line, session.run_dir(point), numbers
             )
@@ -261,6 +270,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--budget", choices=("quick", "full"), default="quick")
     parser.add_argument("--data-root", type=Path, default=frontier.paper_tables.DATA)
     parser.add_argument("--only", choices=("caps", "heads"))
+    parser.add_argument(
+        "--head-seeds", type=int, nargs="+", default=[], help="more seeds for the heads points"
+    )
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
     dataset = frontier.DATASETS[args.dataset]

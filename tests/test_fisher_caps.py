@@ -40,6 +40,10 @@ def test_cap_points_are_the_recommended_defence_with_each_target(caps):
     assert caps.RECOMMENDED["defence.channel"] == "vib" and caps.RECOMMENDED["censor.weight"] == 0
     heads = caps.head_points()
     assert [p.overrides["privacy.private_heads"] for p in heads] == [False, True]
+    assert all("train.seed" not in p.overrides for p in heads)  # the config's seed
+    seeded = caps.head_points([1])
+    assert [p.id for p in seeded[2:]] == ["private_heads_false_seed1", "private_heads_true_seed1"]
+    assert [p.overrides["train.seed"] for p in seeded[2:]] == [1, 1]
 
 
 def test_render_writes_both_tables_and_the_figure(caps, tmp_path):
