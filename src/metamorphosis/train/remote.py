@@ -30,21 +30,20 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, LabelSpec
+from ..config import Config, LabelSpec, is_finite_number
 from ..data import LabelledImageDataset, build_datasets
 from ..errors import ConfigError, MetaMorphosisError
 from ..models.producer import build_heads, build_network, build_producer
-from ..privacy.engine import HeadDP, dp_sgd_head
+from ..privacy.engine import DPEngine, HeadDP, dp_sgd_head
 from .methods import Method
 from .optimizers import make_optimizer
 from .split import Consumer, ConsumerReply
@@ -240,7 +239,7 @@ class ConsumerSide:
         if dp == self._dp:
             return
         if self._plain is not None:  # off DP-SGD first (or on with other settings)
-            cast(Any, self.consumer.head).cleanup()  # the per-sample hooks
+            DPEngine.unwrap(self.consumer.head)  # the per-sample hooks off
             self.consumer.head, self.consumer.optimizer = self._plain
             self._plain = None
         if dp is not None:
@@ -274,8 +273,7 @@ def head_dp_from_text(text: str | None) -> HeadDP | None:
     }
     for name, rule in rules.items():
         value = raw[name]
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not (number and math.isfinite(value) and rule(value)):
+        if not (is_finite_number(value) and rule(value)):
             raise MetaMorphosisError(f"a training step's dp.{name} is out of range: {value!r}")
     return HeadDP(
         float(raw["noise_multiplier"]),
